@@ -82,7 +82,7 @@ def test_backoff_grows_with_jitter(server):
     gaps = [b - a for a, b in zip(t, t[1:])]
     # equal jitter: try k waits between half and all of backoff_s * 2**(k-1)
     for k, gap in enumerate(gaps, 1):
-        assert 0.1 * 2 ** (k - 1) / 2 - 0.01 <= gap <= 0.1 * 2 ** (k - 1) + 0.1, gaps
+        assert 0.1 * 2 ** (k - 1) / 2 - 0.01 <= gap <= 0.1 * 2 ** (k - 1) + 0.3, gaps
 
 
 @pytest.mark.parametrize("status", ["400", "404", "422"])
@@ -194,9 +194,14 @@ def test_samples_fall_back_to_separate_calls(server, support):
 def test_rpm_limit(server):
     srv = server()
     t0 = time.monotonic()
-    run_requests(config(srv, rpm=600), requests(20))  # 10 per second, a burst of 10
-    assert time.monotonic() - t0 >= 0.9
-    t = [c.t for c in srv.log]
+    run_requests(config(srv), requests(20, samples=1))
+    free = time.monotonic() - t0
+    n = len(srv.log)
+    t0 = time.monotonic()
+    run_requests(config(srv, rpm=600), [ChatRequest([{"role": "user", "content": f"<r{i}>"}]) for i in range(20)])
+    limited = time.monotonic() - t0  # 10 per second with a burst of 10: the last starts after >= 1 s
+    assert limited >= 0.95 and limited > free + 0.5, (free, limited)
+    t = [c.t for c in srv.log[n:]]
     assert max(sum(1 for x in t if a <= x < a + 0.5) for a in t) <= 10 + 5 + 1  # burst + 0.5 s of refill
 
 
@@ -208,13 +213,6 @@ def test_tpm_limit(server):
     used = stats.prompt_tokens + stats.completion_tokens
     assert used > 200
     assert time.monotonic() - t0 >= (used - 100) / 100 - 0.1
-
-
-def test_without_limits_it_is_fast(server):
-    srv = server()
-    t0 = time.monotonic()
-    run_requests(config(srv), requests(20))
-    assert time.monotonic() - t0 < 0.9
 
 
 # reasoning: DeepSeek/vLLM `reasoning_content`, newer vLLM/OpenRouter `reasoning`, inline <think>.

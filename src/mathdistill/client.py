@@ -499,24 +499,32 @@ class _Engine:
         import httpx
 
         self.jobs.extend(jobs)
-        limits = httpx.Limits(max_connections=self.cfg.concurrency, max_keepalive_connections=self.cfg.concurrency)
-        async with httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(self.cfg.timeout_s)) as http:
-            async def worker() -> None:
-                while self.jobs:
-                    job = self.jobs.popleft()
-                    if len(job.samples) > 1 and not self.use_n:
-                        for s, k in zip(job.samples, job.keys):
-                            self.jobs.appendleft(_Job(job.messages, [s], [k]))
-                        continue
-                    await self.run_job(http, job)
+        # One keep-alive connection per worker (an httpx client with a pool of one): httpcore's shared pool
+        # scans every connection for every request, which at 64 connections cost more than the request
+        # itself (benchmarks/bench_generate.py). The clients share one SSL context: loading the CA bundle
+        # takes ~70 ms each.
+        ssl_ctx = httpx.create_ssl_context() if self.url.startswith("https:") else False
+        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+        clients = [httpx.AsyncClient(limits=one, timeout=httpx.Timeout(self.cfg.timeout_s), verify=ssl_ctx)
+                   for _ in range(min(self.cfg.concurrency, len(jobs)))]
 
-            tasks = [asyncio.create_task(worker()) for _ in range(self.cfg.concurrency)]
-            try:
-                await asyncio.gather(*tasks)
-            finally:  # a UserError or Ctrl-C: cancel the calls in flight; finished ones are committed
-                for t in tasks:
-                    t.cancel()
-                await asyncio.gather(*tasks, return_exceptions=True)
+        async def worker(http) -> None:
+            while self.jobs:
+                job = self.jobs.popleft()
+                if len(job.samples) > 1 and not self.use_n:
+                    for s, k in zip(job.samples, job.keys):
+                        self.jobs.appendleft(_Job(job.messages, [s], [k]))
+                    continue
+                await self.run_job(http, job)
+
+        tasks = [asyncio.create_task(worker(c)) for c in clients]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # a UserError or Ctrl-C: cancel the calls in flight; finished ones are committed
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
 
 
 @dataclass
