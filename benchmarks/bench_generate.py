@@ -7,7 +7,8 @@
    - baseline: the openai SDK's AsyncOpenAI (max_retries=0) under a semaphore, no cache: the skeleton's client;
    - mathdistill: ``run_requests`` as ``generate`` uses it (httpx, cache writes committed per call);
    - bare httpx loops (no parsing, no cache) over one shared 64-connection pool, and over one client per
-     worker (a pool of one each, as ``run_requests`` does): the transport's ceiling and why we shard.
+     worker (a pool of one each, as ``run_requests`` does), and httpcore (httpx's transport) alone: the
+     transport's ceiling and why we shard.
 2. A fully cached rerun of 10,000 prompts (goal <= 5 s): the ``mathdistill generate`` command in a fresh
    process, with the server stopped (so any call would fail), against the first, uncached run.
 
@@ -108,6 +109,31 @@ def bench_httpx(base: str, n: int, conc: int, tag: str, shared_pool: bool) -> fl
     return n / (time.perf_counter() - t)
 
 
+def bench_httpcore(base: str, n: int, conc: int, tag: str) -> float:
+    """httpx's own transport layer (httpcore) without the httpx Client on top, a pool of one per worker."""
+    import httpcore
+
+    async def run() -> None:
+        todo = list(range(n))
+        pools = [httpcore.AsyncConnectionPool(max_connections=1) for _ in range(conc)]
+
+        async def worker(pool) -> None:
+            while todo:
+                i = todo.pop()
+                body = json.dumps({"model": "m", "messages": messages(tag, i), "max_tokens": 64}).encode()
+                r = await pool.request("POST", base + "/chat/completions", content=body, headers={
+                    "content-type": "application/json", "content-length": str(len(body))})
+                assert r.status == 200
+
+        await asyncio.gather(*(worker(p) for p in pools))
+        for p in pools:
+            await p.aclose()
+
+    t = time.perf_counter()
+    asyncio.run(run())
+    return n / (time.perf_counter() - t)
+
+
 def cli(args: list[str]) -> tuple[float, subprocess.CompletedProcess]:
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t = time.perf_counter()
@@ -130,13 +156,15 @@ def main() -> None:
         bench_sdk(base, 300, a.concurrency, "warm-sdk")  # imports, connection set-up
         bench_client(base, 300, a.concurrency, "warm-client", tmp / "warm.sqlite")
         bench_httpx(base, 300, a.concurrency, "warm-httpx", shared_pool=False)
-        names = ["openai SDK (baseline)", "mathdistill run_requests", "bare httpx, shared pool", "bare httpx, pool per worker"]
+        names = ["openai SDK (baseline)", "mathdistill run_requests", "bare httpx, shared pool", "bare httpx, pool per worker",
+                 "bare httpcore, pool per worker"]
         rates: dict[str, list[float]] = {k: [] for k in names}
         for rep in range(a.repeats):  # interleaved, so a noisy neighbour hits all alike
             rates[names[0]].append(bench_sdk(base, a.requests, a.concurrency, f"sdk{rep}"))
             rates[names[1]].append(bench_client(base, a.requests, a.concurrency, f"client{rep}", tmp / f"c{rep}.sqlite"))
             rates[names[2]].append(bench_httpx(base, a.requests, a.concurrency, f"shared{rep}", shared_pool=True))
             rates[names[3]].append(bench_httpx(base, a.requests, a.concurrency, f"own{rep}", shared_pool=False))
+            rates[names[4]].append(bench_httpcore(base, a.requests, a.concurrency, f"core{rep}"))
         base_rate = max(rates["openai SDK (baseline)"])
         print(f"\n{'client':30} {'req/s (best)':>12} {'all runs':>24} {'vs baseline':>12}")
         for name, rs in rates.items():
