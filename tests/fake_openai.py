@@ -63,6 +63,7 @@ class FakeOpenAI:
     n_support: str = "yes"  # yes | ignore | reject
     delay_s: float = 0.0  # added before every normal answer
     hang_s: float = 3600.0  # how long "hang" waits before it gives up itself
+    usage: bool = True  # include the usage block in answers
     port: int = 0  # 0: a free port
     log: list[Call] = field(default_factory=list)
 
@@ -155,10 +156,12 @@ class FakeOpenAI:
             choices.append({"index": i, "message": msg, "finish_reason": "stop"})
         prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in msgs)
         completion = sum(len(c["message"]["content"].split()) for c in choices)
-        return {"id": f"chatcmpl-{len(self.log)}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model"), "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
-                          "total_tokens": prompt_tokens + completion}}
+        out = {"id": f"chatcmpl-{len(self.log)}", "object": "chat.completion", "created": int(time.time()),
+               "model": body.get("model"), "choices": choices}
+        if self.usage:
+            out["usage"] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                            "total_tokens": prompt_tokens + completion}
+        return out
 
 
 def _response(status: int, body: bytes, extra: str = "") -> bytes:

@@ -179,6 +179,20 @@ def test_samples_use_n_when_supported(server):
     assert_one_result_each_and_no_repeat(srv, reqs, res, 4)
 
 
+@pytest.mark.parametrize("usage", [True, False])
+def test_usage_of_an_n_call_is_split_between_its_samples(server, usage):
+    srv = server(usage=usage)
+    stats = RunStats()
+    res = run_requests(config(srv), requests(1, samples=3), stats=stats)
+    assert all(r.error is None for r in res)
+    tokens = [r.completion_tokens for r in res]
+    if usage:
+        assert sum(tokens) == stats.completion_tokens > 0 and all(t > 0 for t in tokens)
+        assert {r.prompt_tokens for r in res} == {stats.prompt_tokens}
+    else:
+        assert tokens == [None] * 3 and stats.completion_tokens == 0
+
+
 @pytest.mark.parametrize("support", ["ignore", "reject"])
 def test_samples_fall_back_to_separate_calls(server, support):
     srv = server(n_support=support)

@@ -433,13 +433,13 @@ class _Engine:
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
         parsed = [parse_message(c["message"]) for c in got]
-        if len(job.samples) > 1 and isinstance(ct, int):
+        if len(got) > 1 and isinstance(ct, int):
             # One usage for several samples: completion tokens split by each sample's share of characters.
             sizes = [len(r or "") + len(c) for r, c in parsed]
             total = sum(sizes) or 1
             cts = [round(ct * s / total) for s in sizes]
         else:
-            cts = [ct if isinstance(ct, int) else None]
+            cts = [ct if isinstance(ct, int) else None] * len(got)
         request_json = self.redact(body.decode())
         response_json = self.redact(raw.decode("utf-8", "replace"))
         rows = []
