@@ -51,7 +51,7 @@ class GenerateConfig(ChatClientConfig):
     backend: Literal["reference", "openai", "vllm"] = Field("reference", description="teacher backend")
     samples: int = Field(1, ge=1, description="samples per problem")
     cache: bool = Field(True, description="keep every call in DIR/cache.sqlite and answer reruns from it "
-                        "(off: every call is made again and nothing survives an interrupted run)")
+                        "(off: every call is made again, no cache file is written, and a killed run keeps nothing)")
     id_field: str = Field("id", description="--from-file: field with the problem id (dotted path for nested)")
     question_field: str = Field("question", description="--from-file: field with the question")
     answer_field: str = Field("answer", description="--from-file: field with the reference answer")
