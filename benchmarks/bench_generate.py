@@ -5,7 +5,7 @@
 1. Requests/s at concurrency 64 (goal >= 500 req/s on 2 cores), all measured in this run against the same
    server process (tests/fake_openai.py, no delay):
    - baseline: the openai SDK's AsyncOpenAI (max_retries=0) under a semaphore, no cache: the skeleton's client;
-   - mathdistill: ``run_requests`` as ``generate`` uses it (httpx, cache writes committed per call);
+   - mathdistill: ``run_requests`` as ``generate`` uses it (httpcore, a cache commit per call);
    - bare httpx loops (no parsing, no cache) over one shared 64-connection pool, and over one client per
      worker (a pool of one each, as ``run_requests`` does), and httpcore (httpx's transport) alone: the
      transport's ceiling and why we shard.
@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=4000, help="requests per throughput measurement")
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--prompts", type=int, default=10_000, help="prompts in the cached-rerun measurement")
-    ap.add_argument("--repeats", type=int, default=2, help="throughput runs per client (the best is reported)")
+    ap.add_argument("--repeats", type=int, default=3, help="throughput runs per client (the best is reported)")
     a = ap.parse_args()
     os.environ.pop("MATHDISTILL_API_KEY", None)
     proc, base = start_server()

@@ -19,6 +19,7 @@ are answered normally. Tokens:
     garbled   HTTP 200 with a body that is not JSON
     nochoices HTTP 200 with JSON that has no ``choices``
     drop      close the connection without answering
+    gzip      a normal answer, gzip-compressed (``content-encoding: gzip``) though nobody asked for it
 
 Answers: ``reasoning`` is ``"field"`` (``message.reasoning_content``), ``"inline"`` (``<think>…</think>``
 before the answer in ``content``) or ``"none"``. ``n_support``: ``"yes"`` (``n`` choices), ``"ignore"``
@@ -255,6 +256,13 @@ class _Conn(asyncio.Protocol):
             out = _response(200, b'{"id": "chatcmpl-x", "choices": [{"mess')
         elif tok == "nochoices":
             out = _response(200, b'{"id": "chatcmpl-x", "object": "chat.completion"}')
+        elif tok == "gzip":
+            import gzip
+
+            call.outcome = "ok"
+            answer = self.srv.answer(call.body)
+            call.choices = len(answer["choices"])
+            out = _response(200, gzip.compress(json.dumps(answer).encode()), "content-encoding: gzip\r\n")
         elif tok == "drop":
             t.abort()
             return

@@ -277,6 +277,44 @@ def test_cache_rows_keep_full_request_and_response_but_no_key(server, tmp_path, 
         assert b"sk-test-never-on-disk-123" not in f.read_bytes(), f
 
 
+@pytest.fixture
+def no_proxy_env(monkeypatch):
+    for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    return monkeypatch
+
+
+def test_http_proxy_from_the_environment_is_used(server, no_proxy_env):
+    srv = server()  # answers absolute-form requests too, like a forward proxy in front of the endpoint
+    no_proxy_env.setenv("HTTP_PROXY", f"http://127.0.0.1:{srv.port}")
+    cfg = ChatClientConfig(base_url="http://teacher.invalid:9/v1", model="m", max_retries=0)
+    (r,) = run_requests(cfg, requests(1))
+    assert r.error is None and srv.log[0].path == "http://teacher.invalid:9/v1/chat/completions"
+
+
+def test_no_proxy_exempts_the_endpoint(server, no_proxy_env):
+    srv = server()
+    no_proxy_env.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # nothing listens there
+    no_proxy_env.setenv("NO_PROXY", "127.0.0.1,localhost")
+    (r,) = run_requests(config(srv, max_retries=0), requests(1))
+    assert r.error is None and srv.log[0].path == "/v1/chat/completions"
+
+
+def test_a_socks_proxy_is_one_clear_error(server, no_proxy_env):
+    srv = server()
+    no_proxy_env.setenv("ALL_PROXY", "socks5://user:pw@127.0.0.1:1080")
+    with pytest.raises(UserError, match="only http\\(s\\) proxies") as e:
+        run_requests(config(srv), requests(1))
+    assert "pw" not in str(e.value)
+
+
+def test_a_compressed_answer_is_decoded(server):
+    srv = server(faults={"<q0>": ["gzip"]})
+    (r,) = run_requests(config(srv), requests(1))
+    assert r.error is None and r.content.startswith("Final answer for <q0>") and r.attempts == 1
+
+
 def test_unreachable_endpoint_is_one_clear_error():
     import socket
 

@@ -24,21 +24,23 @@ Behaviour, in order of a call's life:
   Only a setup the user must fix stops the run (:class:`UserError`): a refused key (HTTP 401), or no
   connection / HTTP 403/404 before any call succeeded.
 
-The transport is httpx directly (the openai SDK is about half as fast here per call and its retries
-would hide the ones we count; see ``benchmarks/bench_generate.py``). The API key is read from
-``MATHDISTILL_API_KEY`` or ``OPENAI_API_KEY`` only, sent only in the Authorization header, and never
-written anywhere: request/response bodies are stored without headers, and any text that would be written
-(bodies, error details) has the key replaced by ``***``.
+The transport is httpcore, httpx's own HTTP engine, with one keep-alive connection per worker (see
+:func:`open_pool`): several times the openai SDK's requests/s here, and no hidden SDK retries under
+ours. The API key is read from ``MATHDISTILL_API_KEY`` or ``OPENAI_API_KEY`` only, sent only in the
+Authorization header, and never written anywhere: request/response bodies are stored without headers, and
+any text that would be written (bodies, error details) has the key replaced by ``***``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import os
 import random
 import re
 import time
+import zlib
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
@@ -318,6 +320,51 @@ def _error_detail(body: bytes) -> str:
     return text.strip()[:DETAIL_CHARS]
 
 
+def _decode(body: bytes, encoding: str | None) -> bytes:
+    """We send no Accept-Encoding; a server that compresses anyway gets decoded here."""
+    enc = (encoding or "identity").strip().lower()
+    if enc == "gzip":
+        return gzip.decompress(body)
+    if enc == "deflate":
+        return zlib.decompress(body)
+    return body
+
+
+_SSL: dict[str, Any] = {}  # one SSL context for all connections: loading the CA bundle takes ~70 ms
+
+
+def open_pool(url: str):
+    """A connection pool of ONE keep-alive connection (one per worker), direct or through the proxy that
+    ``HTTP(S)_PROXY`` / ``ALL_PROXY`` name for this URL unless ``NO_PROXY`` exempts it (as httpx does).
+
+    httpcore is httpx's own HTTP engine; used without the httpx Client on top, and with a pool per worker
+    instead of one shared pool (whose scan of every connection for every request dominated at 64
+    connections), it carries about twice the requests per second (benchmarks/bench_generate.py).
+    """
+    import httpcore
+    from urllib.request import getproxies, proxy_bypass
+
+    parts = urlsplit(url)
+    ssl_ctx = None
+    if parts.scheme == "https":
+        if "ctx" not in _SSL:
+            import httpx
+
+            _SSL["ctx"] = httpx.create_ssl_context()  # certifi, or SSL_CERT_FILE / SSL_CERT_DIR
+        ssl_ctx = _SSL["ctx"]
+    proxies = getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and not proxy_bypass(parts.hostname or ""):
+        p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+        if p.scheme not in ("http", "https"):
+            raise UserError(f"proxy {public_endpoint(proxy)} is {p.scheme}; only http(s) proxies are supported "
+                            f"(set NO_PROXY={parts.hostname} to go direct)")
+        auth = (p.username or "", p.password or "") if p.username else None
+        return httpcore.AsyncHTTPProxy(proxy_url=public_endpoint(urlunsplit(p)), proxy_auth=auth,
+                                       ssl_context=ssl_ctx, max_connections=1)
+    return httpcore.AsyncConnectionPool(ssl_context=ssl_ctx, max_connections=1)
+
+
 class _Engine:
     def __init__(self, cfg: ChatClientConfig, cache: CallCache, stats: RunStats, results: list, by_key, bar_):
         self.cfg, self.cache, self.stats, self.results, self.by_key, self.bar = cfg, cache, stats, results, by_key, bar_
@@ -325,9 +372,9 @@ class _Engine:
         self.endpoint = public_endpoint(cfg.base_url)
         key = api_key()
         self.redact = _Redactor(key)
-        self.headers = {"content-type": "application/json", "user-agent": "mathdistill"}
+        self.headers = [(b"content-type", b"application/json"), (b"user-agent", b"mathdistill")]
         if key:
-            self.headers["authorization"] = f"Bearer {key}"
+            self.headers.append((b"authorization", f"Bearer {key}".encode()))
         self.rpm = _Bucket(cfg.rpm) if cfg.rpm else None
         self.tpm = _Bucket(cfg.tpm) if cfg.tpm else None
         self.pause_until = 0.0  # monotonic time before which no try starts (after a Retry-After)
@@ -355,35 +402,41 @@ class _Engine:
         if self.tpm:
             await self.tpm.take(tokens)
 
-    async def try_once(self, http, body: bytes) -> tuple[dict[str, Any], bytes, float] | _Fail:
-        import httpx
+    async def try_once(self, pool, body: bytes) -> tuple[dict[str, Any], bytes, float] | _Fail:
+        import httpcore
 
         t0 = time.monotonic()
         try:
             async with asyncio.timeout(self.cfg.timeout_s):
-                r = await http.post(self.url, content=body, headers=self.headers)
-        except (TimeoutError, httpx.TimeoutException):
+                r = await pool.request("POST", self.url, content=body,
+                                       headers=[*self.headers, (b"content-length", str(len(body)).encode())])
+        except (TimeoutError, httpcore.TimeoutException):
             return _Fail("timeout", f"no answer within {self.cfg.timeout_s:g}s")
-        except httpx.ConnectError as e:
+        except httpcore.ConnectError as e:
             return _Fail("connection", self.redact(f"cannot connect: {e}"[:DETAIL_CHARS]), fatal=True)
-        except httpx.TransportError as e:
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.ProxyError) as e:
             return _Fail("connection", self.redact(f"{type(e).__name__}: {e}"[:DETAIL_CHARS]))
         latency = time.monotonic() - t0
-        if not 200 <= r.status_code < 300:
-            return _Fail(f"http_{r.status_code}", self.redact(_error_detail(r.content)), r.status_code,
-                         retry_after_s(r.headers))
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in r.headers}
+        content = r.content
         try:
-            data = json.loads(r.content)
+            content = _decode(content, headers.get("content-encoding"))
+        except (OSError, zlib.error) as e:
+            return _Fail("bad_body", f"cannot decode a {headers.get('content-encoding')} body: {e}")
+        if not 200 <= r.status < 300:
+            return _Fail(f"http_{r.status}", self.redact(_error_detail(content)), r.status, retry_after_s(headers))
+        try:
+            data = json.loads(content)
             choices = data["choices"]
             if not isinstance(choices, list) or not choices or not all(
                     isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
                 raise ValueError("no choices with a message")
         except (ValueError, KeyError, TypeError) as e:
-            head = r.content[:120].decode("utf-8", "replace")
+            head = content[:120].decode("utf-8", "replace")
             return _Fail("bad_body", self.redact(f"unparsable response ({e}): {head!r}"))
-        return data, r.content, latency
+        return data, content, latency
 
-    async def run_job(self, http, job: _Job) -> None:
+    async def run_job(self, pool, job: _Job) -> None:
         cfg, stats = self.cfg, self.stats
         n = len(job.samples)
         body = self.body(job)
@@ -393,7 +446,7 @@ class _Engine:
             await self.wait_turn(est)
             attempts += 1
             stats.calls += 1
-            out = await self.try_once(http, body)
+            out = await self.try_once(pool, body)
             if not isinstance(out, _Fail):
                 self.store(job, body, out, attempts, est)
                 return
@@ -496,35 +549,26 @@ class _Engine:
 
     # ---- the run -----------------------------------------------------------------------------------------
     async def run(self, jobs: list[_Job]) -> None:
-        import httpx
-
         self.jobs.extend(jobs)
-        # One keep-alive connection per worker (an httpx client with a pool of one): httpcore's shared pool
-        # scans every connection for every request, which at 64 connections cost more than the request
-        # itself (benchmarks/bench_generate.py). The clients share one SSL context: loading the CA bundle
-        # takes ~70 ms each.
-        ssl_ctx = httpx.create_ssl_context() if self.url.startswith("https:") else False
-        one = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        clients = [httpx.AsyncClient(limits=one, timeout=httpx.Timeout(self.cfg.timeout_s), verify=ssl_ctx)
-                   for _ in range(min(self.cfg.concurrency, len(jobs)))]
+        pools = [open_pool(self.url) for _ in range(min(self.cfg.concurrency, len(jobs)))]
 
-        async def worker(http) -> None:
+        async def worker(pool) -> None:
             while self.jobs:
                 job = self.jobs.popleft()
                 if len(job.samples) > 1 and not self.use_n:
                     for s, k in zip(job.samples, job.keys):
                         self.jobs.appendleft(_Job(job.messages, [s], [k]))
                     continue
-                await self.run_job(http, job)
+                await self.run_job(pool, job)
 
-        tasks = [asyncio.create_task(worker(c)) for c in clients]
+        tasks = [asyncio.create_task(worker(p)) for p in pools]
         try:
             await asyncio.gather(*tasks)
         finally:  # a UserError or Ctrl-C: cancel the calls in flight; finished ones are committed
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await asyncio.gather(*(c.aclose() for c in clients), return_exceptions=True)
+            await asyncio.gather(*(p.aclose() for p in pools), return_exceptions=True)
 
 
 @dataclass
