@@ -72,23 +72,51 @@ def problems_cmd(out: Path = typer.Option(..., "--out", "-o", help="folder for t
 
 
 @app.command("generate")
-def generate_cmd(problems: Path = typer.Option(..., "--problems", "-p", help="Problem JSONL to send to the teacher"),
-                 out: Path = typer.Option(..., "--out", "-o", help="folder for traces.jsonl"),
+def generate_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", help="Problem JSONL to send to the teacher"),
+                 out: Path = typer.Option(..., "--out", "-o", help="folder for traces.jsonl, failures.jsonl and the call cache; "
+                                          "rerunning into it makes only the calls that are missing"),
                  backend: Optional[str] = typer.Option(None, help=h(GenerateConfig, "backend")),
                  base_url: Optional[str] = typer.Option(None, "--base-url", help=h(GenerateConfig, "base_url")),
                  model: Optional[str] = typer.Option(None, "--model", help=h(GenerateConfig, "model")),
                  samples: Optional[int] = typer.Option(None, help=h(GenerateConfig, "samples")),
                  concurrency: Optional[int] = typer.Option(None, help=h(GenerateConfig, "concurrency")),
+                 rpm: Optional[float] = typer.Option(None, "--rpm", help=h(GenerateConfig, "rpm")),
+                 tpm: Optional[float] = typer.Option(None, "--tpm", help=h(GenerateConfig, "tpm")),
+                 timeout_s: Optional[float] = typer.Option(None, "--timeout", help=h(GenerateConfig, "timeout_s")),
+                 max_retries: Optional[int] = typer.Option(None, "--max-retries", help=h(GenerateConfig, "max_retries")),
+                 temperature: Optional[float] = typer.Option(None, "--temperature", help=h(GenerateConfig, "temperature")),
+                 top_p: Optional[float] = typer.Option(None, "--top-p", help=h(GenerateConfig, "top_p")),
+                 max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=h(GenerateConfig, "max_tokens")),
+                 seed: Optional[int] = typer.Option(None, "--seed", help=h(GenerateConfig, "seed")),
+                 extra_body: Optional[str] = typer.Option(None, "--extra-body", help=h(GenerateConfig, "extra_body")),
+                 cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help=h(GenerateConfig, "cache")),
+                 from_file: Optional[Path] = typer.Option(None, "--from-file", help="import a batch-inference export "
+                                                          "(JSONL/JSON/CSV/Parquet) as traces instead of calling a teacher"),
+                 id_field: Optional[str] = typer.Option(None, "--id-field", help=h(GenerateConfig, "id_field")),
+                 question_field: Optional[str] = typer.Option(None, "--question-field", help=h(GenerateConfig, "question_field")),
+                 answer_field: Optional[str] = typer.Option(None, "--answer-field", help=h(GenerateConfig, "answer_field")),
+                 reasoning_field: Optional[str] = typer.Option(None, "--reasoning-field", help=h(GenerateConfig, "reasoning_field")),
+                 output_field: Optional[str] = typer.Option(None, "--output-field", help=h(GenerateConfig, "output_field")),
                  config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
                  sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
-    """Teacher traces for problems (reference chains, or any OpenAI-compatible endpoint).
-    The API key is read from MATHDISTILL_API_KEY or OPENAI_API_KEY only."""
-    from .generate import generate
+    """Teacher traces for problems (reference chains, any OpenAI-compatible endpoint, or vLLM), or an
+    imported batch export. The API key is read from MATHDISTILL_API_KEY or OPENAI_API_KEY only.
+    Exit code 3: some samples failed for good (failures.jsonl); rerun the same command to retry them."""
+    from .generate import generate, generate_out_dir
 
-    check_readable(problems, "problems file")
-    cfg = stage_config(GenerateConfig, "generate", config, preset, sets,
-                       {"backend": backend, "base_url": base_url, "model": model, "samples": samples, "concurrency": concurrency})
-    generate(cfg, problems, prepare_out_dir(out, overwrite))
+    if problems is None and from_file is None:
+        raise UserError("generate needs --problems FILE (or --from-file EXPORT to import a teacher's outputs)")
+    if problems is not None:
+        check_readable(problems, "problems file")
+    if from_file is not None:
+        check_readable(from_file, "--from-file export")
+    cfg = stage_config(GenerateConfig, "generate", config, preset, sets, {
+        "backend": backend, "base_url": base_url, "model": model, "samples": samples, "concurrency": concurrency,
+        "rpm": rpm, "tpm": tpm, "timeout_s": timeout_s, "max_retries": max_retries, "temperature": temperature,
+        "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "extra_body": extra_body, "cache": cache,
+        "id_field": id_field, "question_field": question_field, "answer_field": answer_field,
+        "reasoning_field": reasoning_field, "output_field": output_field})
+    generate(cfg, problems, generate_out_dir(out, overwrite), from_file=from_file)
 
 
 @app.command("curate")

@@ -3,32 +3,72 @@
 Backends:
 - ``reference`` (embedded default): the chain shipped with the problem (GSM-Symbolic's ``answer_cot``, or the
   built-in solver's chain) becomes the teacher's trace. No model, no network.
-- ``openai``: any OpenAI-compatible chat-completions endpoint (``--base-url``, ``--model``); the key comes
-  from ``MATHDISTILL_API_KEY`` or ``OPENAI_API_KEY`` only, never from a flag or a file.
+- ``openai``: any OpenAI-compatible chat-completions endpoint (``--base-url``, ``--model``) through
+  :func:`mathdistill.client.run_requests`; the key comes from ``MATHDISTILL_API_KEY`` or ``OPENAI_API_KEY``
+  only, never from a flag or a file.
+- ``vllm``: offline ``vllm.LLM.chat`` on a local GPU, imported only when chosen.
+
+Both model backends go through the run's SQLite cache (``DIR/cache.sqlite``, :mod:`mathdistill.cache`):
+every finished sample is committed there first, and ``traces.jsonl`` / ``failures.jsonl`` are written
+from the cache at the end (also after Ctrl-C), so a rerun of the same command makes only the calls that
+are missing and the traces file is complete, one row per (problem, sample), never duplicated.
+
+``--from-file`` imports a batch-inference export instead (no calls): a field mapping names the question,
+answer, reasoning and output fields (dotted paths reach nested fields), bad lines are counted with file:line.
 """
 
 from __future__ import annotations
 
+import json
+import time
+from collections import Counter
 from pathlib import Path
 from typing import Any, Iterable, Literal
 
 from pydantic import Field
 
-from .client import ChatClientConfig, ChatRequest, run_requests, split_think
+from .cache import CallCache, NewCall
+from .client import ChatClientConfig, ChatRequest, RunStats, plan_requests, request_keys, run_requests, split_think
 from .errors import PartialRun, UserError
-from .io import Tally, read_jsonl, write_json, write_jsonl
+from .io import Tally, file_sha256, iter_raw, package_versions, prepare_out_dir, write_json, write_jsonl
 from .progress import info
 from .prompts import instruction_for, messages
-from .records import Problem, Trace
+from .records import Problem, Trace, detect_lang, stable_id
 
-__all__ = ["GenerateConfig", "generate", "split_think", "reference_traces"]
+__all__ = ["GenerateConfig", "generate", "split_think", "reference_traces", "generate_out_dir"]
+
+CACHE_FILE = "cache.sqlite"
+# Files a generate run writes: a folder holding only these is reused by a rerun (a resume), no --overwrite.
+OUTPUT_FILES = {"traces.jsonl", "failures.jsonl", "generate_summary.json", "problems.jsonl", CACHE_FILE,
+                f"{CACHE_FILE}-wal", f"{CACHE_FILE}-shm", f"{CACHE_FILE}-journal"}
+VLLM_CHUNK = 256  # prompts per vllm.LLM.chat call: finished chunks are committed to the cache
+MAX_SHOWN = 5  # failures listed in the closing message
 
 
 class GenerateConfig(ChatClientConfig):
     """Which teacher writes the traces, and how it is sampled (endpoint fields: see ChatClientConfig)."""
 
-    backend: Literal["reference", "openai"] = Field("reference", description="teacher backend")
+    backend: Literal["reference", "openai", "vllm"] = Field("reference", description="teacher backend")
     samples: int = Field(1, ge=1, description="samples per problem")
+    cache: bool = Field(True, description="keep every call in DIR/cache.sqlite and answer reruns from it "
+                        "(off: every call is made again, no cache file is written, and a killed run keeps nothing)")
+    id_field: str = Field("id", description="--from-file: field with the problem id (dotted path for nested)")
+    question_field: str = Field("question", description="--from-file: field with the question")
+    answer_field: str = Field("answer", description="--from-file: field with the reference answer")
+    reasoning_field: str = Field("reasoning", description="--from-file: field with the teacher's reasoning, if any")
+    output_field: str = Field("output", description="--from-file: field with the teacher's output "
+                              "(inline <think>...</think> is split off into the reasoning)")
+
+
+def generate_out_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """The output folder: new, or one that holds only an earlier generate run's files (a rerun resumes
+    from its cache), or any folder with ``overwrite``."""
+    p = Path(out)
+    if p.is_dir() and not overwrite:
+        names = [f.name for f in p.iterdir()]
+        if names and all(n in OUTPUT_FILES or (n.startswith(".") and n.endswith(".tmp")) for n in names):
+            return p
+    return prepare_out_dir(p, overwrite)
 
 
 def reference_traces(probs: Iterable[Problem], tally: Tally) -> list[Trace]:
@@ -44,41 +84,266 @@ def reference_traces(probs: Iterable[Problem], tally: Tally) -> list[Trace]:
     return out
 
 
-def openai_traces(cfg: GenerateConfig, probs: list[Problem], tally: Tally, cache_path: Path) -> list[Trace]:
-    reqs = [ChatRequest(messages(instruction_for(p.lang), p.question), key=p.id, sample=k)
-            for p in probs for k in range(cfg.samples)]
-    traces = []
-    for r in run_requests(cfg, reqs, cache_path, desc="generate"):
-        if r.error:
-            tally.add("failed", f"{r.request.key}#{r.request.sample}: {r.error}")
+def read_problem_file(path: str | Path, tally: Tally) -> list[Problem]:
+    """Problem JSONL; invalid rows and repeated ids are counted with file:line, the first of an id kept."""
+    probs, seen = [], set()
+    for where, rec in iter_raw(path, tally):
+        try:
+            p = Problem.model_validate(rec)
+        except ValueError as e:
+            tally.add("invalid_problem", f"{where}: {str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else e}")
             continue
-        traces.append(Trace(problem_id=r.request.key, teacher=cfg.model or "openai", sample=r.request.sample,
-                            reasoning=r.reasoning, content=r.content, finish_reason=r.finish_reason,
-                            prompt_tokens=r.prompt_tokens, completion_tokens=r.completion_tokens, latency_s=r.latency_s))
-    return traces
+        if p.id in seen:
+            tally.add("duplicate_id", f"{where}: {p.id}")
+            continue
+        seen.add(p.id)
+        probs.append(p)
+    return probs
 
 
-def generate(cfg: GenerateConfig, problems_path: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Write ``traces.jsonl`` for the problems in ``problems_path``; return the summary."""
+def teacher_requests(cfg: GenerateConfig, probs: list[Problem]) -> list[ChatRequest]:
+    reqs = []
+    for p in probs:
+        msgs = messages(instruction_for(p.lang), p.question)  # one list per problem: its samples share it
+        reqs.extend(ChatRequest(msgs, key=p.id, sample=k) for k in range(cfg.samples))
+    return reqs
+
+
+def require_vllm(cfg: GenerateConfig):
+    """The ``vllm`` module, or one clear line saying why it cannot run here (no package, no GPU)."""
+    try:
+        import vllm  # imported only here: the package works without it
+    except ImportError:
+        raise UserError("generate --backend vllm needs vLLM and a CUDA GPU, and vLLM is not installed here: "
+                        "pip install vllm on a GPU machine, or serve the model with `vllm serve` and use "
+                        "--backend openai --base-url URL") from None
+    import torch
+
+    if not torch.cuda.is_available():
+        raise UserError("generate --backend vllm needs a CUDA GPU and none is visible here; use --backend openai "
+                        "against a vLLM server instead")
+    if not cfg.model:
+        raise UserError("generate --backend vllm needs --model (a local model folder or hub id)")
+    return vllm
+
+
+def vllm_run(cfg: GenerateConfig, reqs: list[ChatRequest], cache: CallCache, stats: RunStats) -> None:
+    """Offline vLLM on a local GPU: the same cache keys and rows as the openai backend."""
+    vllm = require_vllm(cfg)
+    t0 = time.monotonic()
+    plan = plan_requests(cfg, reqs, cache)
+    stats.requests += len(reqs)
+    stats.cached += sum(len(plan.by_key[k]) for k in plan.hits)
+    if not plan.jobs:
+        return
+    llm = vllm.LLM(model=cfg.model, seed=cfg.seed or 0, trust_remote_code=False)
+    for start in range(0, len(plan.jobs), VLLM_CHUNK):
+        jobs = plan.jobs[start:start + VLLM_CHUNK]
+        sps = [vllm.SamplingParams(n=len(j.samples), temperature=cfg.temperature, top_p=cfg.top_p,
+                                   max_tokens=cfg.max_tokens,
+                                   seed=None if cfg.seed is None else cfg.seed + j.samples[0], **cfg.extra_body)
+               for j in jobs]
+        outs = llm.chat([j.messages for j in jobs], sps, use_tqdm=True)
+        rows = []
+        for job, sp, out in zip(jobs, sps, outs):
+            pt = len(out.prompt_token_ids or [])
+            request = json.dumps({"model": cfg.model, "messages": job.messages, "sampling_params": repr(sp)},
+                                 ensure_ascii=False)
+            response = json.dumps({"prompt_tokens": pt, "outputs": [
+                {"index": c.index, "text": c.text, "finish_reason": c.finish_reason, "tokens": len(c.token_ids)}
+                for c in out.outputs]}, ensure_ascii=False)
+            m = getattr(out, "metrics", None)  # arrival/finish times, when this vLLM version reports them
+            latency = (round(m.finished_time - m.arrival_time, 4)
+                       if getattr(m, "finished_time", None) and getattr(m, "arrival_time", None) else None)
+            for j, (s, k, c) in enumerate(zip(job.samples, job.keys, out.outputs)):
+                reasoning, content = split_think(c.text)
+                rows.append(NewCall(key=k, model=cfg.model, sample=s, endpoint="vllm", request_json=request,
+                                    response_json=response, choice_index=j, content=content, reasoning=reasoning,
+                                    finish_reason=c.finish_reason, prompt_tokens=pt, completion_tokens=len(c.token_ids),
+                                    latency_s=latency, attempts=1))
+                stats.completion_tokens += len(c.token_ids)
+            stats.prompt_tokens += pt
+            stats.calls += 1
+        cache.put(rows)
+        stats.ok += len(rows)
+    stats.seconds = round(time.monotonic() - t0, 3)
+
+
+def model_traces(cfg: GenerateConfig, probs: list[Problem], out: Path) -> tuple[list[Trace], list[dict], RunStats, bool]:
+    """Run the model backend, then read traces and failures back from the cache. Returns
+    (traces, failures, stats, interrupted)."""
+    reqs = teacher_requests(cfg, probs)
+    stats = RunStats()
+    interrupted = False
+    with CallCache(out / CACHE_FILE if cfg.cache else ":memory:") as cache:
+        try:
+            if cfg.backend == "openai":
+                run_requests(cfg, reqs, cache, desc="generate", stats=stats)
+            else:
+                vllm_run(cfg, reqs, cache, stats)
+        except KeyboardInterrupt:
+            interrupted = True  # calls in flight are cancelled; what finished is in the cache
+        keys = request_keys(cfg, reqs)
+        rows = cache.get_many(keys)
+        failed = {r["key"]: r for r in cache.rows("failures")} if cache.has_failures else {}
+    teacher = cfg.model or cfg.backend
+    traces, failures = [], []
+    for r, k in zip(reqs, keys):
+        row = rows.get(k)
+        if row is not None:
+            traces.append(Trace(problem_id=r.key, teacher=teacher, sample=r.sample, reasoning=row.reasoning,
+                                content=row.content, finish_reason=row.finish_reason, prompt_tokens=row.prompt_tokens,
+                                completion_tokens=row.completion_tokens, latency_s=row.latency_s))
+        elif k in failed:
+            f = failed[k]
+            failures.append({"problem_id": r.key, "sample": r.sample, "reason": f["reason"], "detail": f["detail"],
+                             "attempts": f["attempts"]})
+        else:
+            failures.append({"problem_id": r.key, "sample": r.sample, "reason": "not_attempted",
+                             "detail": "the run was interrupted before this call", "attempts": 0})
+    return traces, failures, stats, interrupted
+
+
+def _get(rec: dict[str, Any], path: str) -> Any:
+    """``rec[path]``, or a dotted path into nested objects and lists (``response.body.choices.0.message``)."""
+    if path in rec:
+        return rec[path]
+    cur: Any = rec
+    for part in path.split("."):
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+        if cur is None:
+            return None
+    return cur
+
+
+def _text(v: Any) -> str | None:
+    if v is None:
+        return None
+    s = v if isinstance(v, str) else str(v)
+    return s.strip() or None
+
+
+def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Problem] | None,
+                  tally: Tally) -> tuple[list[Trace], list[Problem]]:
+    """Traces from a batch-inference export. With ``probs``, rows are matched to them by id, else by
+    question text; without, each distinct question becomes a Problem (id from the id field or its hash)."""
+    by_id = {p.id: p for p in probs} if probs is not None else None
+    by_q = {" ".join(p.question.split()): p for p in probs} if probs is not None else None
+    made: dict[str, Problem] = {}
+    samples: dict[str, int] = {}
+    teacher = cfg.model or f"import:{Path(from_file).name}"
+    traces = []
+    for where, rec in iter_raw(from_file, tally):
+        output = _get(rec, cfg.output_field)
+        if not isinstance(output, (str, int, float)) or not str(output).strip():
+            tally.add("missing_output", f"{where}: no text in {cfg.output_field!r}")
+            continue
+        q = _text(_get(rec, cfg.question_field))
+        pid = _text(_get(rec, cfg.id_field))
+        if by_id is not None:
+            p = by_id.get(pid) if pid else None
+            p = p or (by_q.get(" ".join(q.split())) if q else None)
+            if p is None:
+                tally.add("unknown_problem", f"{where}: id {pid!r} / question not in --problems")
+                continue
+        else:
+            if q is None:
+                tally.add("missing_question", f"{where}: no {cfg.question_field!r} field")
+                continue
+            pid = pid or stable_id(q)
+            p = made.get(pid)
+            if p is None:
+                p = made[pid] = Problem(id=pid, question=q, answer=_text(_get(rec, cfg.answer_field)),
+                                        lang=detect_lang(q), source="import")
+            elif " ".join(p.question.split()) != " ".join(q.split()):
+                tally.add("conflicting_id", f"{where}: id {pid!r} already has another question")
+                continue
+        inline, content = split_think(str(output))
+        field_r = _text(_get(rec, cfg.reasoning_field))
+        reasoning = "\n".join(x for x in (field_r, inline) if x) or None
+        sample = samples.get(p.id, 0)
+        samples[p.id] = sample + 1
+        traces.append(Trace(problem_id=p.id, teacher=teacher, sample=sample, reasoning=reasoning, content=content,
+                            finish_reason=_text(rec.get("finish_reason"))))
+    return traces, list(made.values())
+
+
+def generate(cfg: GenerateConfig, problems_path: str | Path | None, out_dir: str | Path,
+             from_file: str | Path | None = None) -> dict[str, Any]:
+    """Write ``traces.jsonl`` (and ``failures.jsonl`` for model backends) for the problems in
+    ``problems_path``, or import ``from_file``; return the summary (also ``generate_summary.json``).
+
+    Raises :class:`PartialRun` when some samples failed for good (rerunning retries only those), and
+    ``KeyboardInterrupt`` after writing what finished when interrupted.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    probs = [Problem.model_validate(r) for r in read_jsonl(problems_path)]
     tally = Tally()
-    if cfg.backend == "reference":
+    t0 = time.monotonic()
+    if problems_path is None and from_file is None:
+        raise UserError("generate needs --problems FILE (or --from-file EXPORT to import a teacher's outputs)")
+    probs = read_problem_file(problems_path, tally) if problems_path is not None else None
+    summary: dict[str, Any] = {"backend": "import" if from_file else cfg.backend}
+    failures: list[dict[str, Any]] = []
+    interrupted = False
+    if from_file is not None:
+        traces, made = import_traces(cfg, from_file, probs, tally)
+        if not traces:
+            raise UserError(f"{from_file}: no usable row ({'; '.join(tally.lines()[:4]) or 'empty file'}); "
+                            f"map the fields with --output-field/--question-field/--id-field")
+        if probs is None:
+            write_jsonl(out / "problems.jsonl", made)
+            probs = made
+        summary["imported_from"] = str(from_file)
+    elif cfg.backend == "reference":
         traces = reference_traces(probs, tally)
-    elif cfg.backend == "openai":
-        if not cfg.base_url or not cfg.model:
+    else:
+        if cfg.backend == "openai" and (not cfg.base_url or not cfg.model):
             raise UserError("generate --backend openai needs --base-url URL and --model NAME")
-        traces = openai_traces(cfg, probs, tally, out / "cache.sqlite")
-    else:  # pragma: no cover - pydantic restricts the values
-        raise UserError(f"unknown backend {cfg.backend!r}")
+        if cfg.backend == "vllm":
+            require_vllm(cfg)
+        info(f"generate: {len(probs)} problems × {cfg.samples} samples = {len(probs) * cfg.samples} "
+             f"completions from {cfg.model} ({cfg.backend}); cache: {out / CACHE_FILE if cfg.cache else 'off'}")
+        traces, failures, stats, interrupted = model_traces(cfg, probs, out)
+        summary["calls"] = stats.to_dict()
+        write_jsonl(out / "failures.jsonl", failures)
     write_jsonl(out / "traces.jsonl", traces)
-    summary = {"problems": len(probs), "traces": len(traces), "backend": cfg.backend, "skipped": tally.to_dict(),
-               "config": cfg.model_dump(mode="json")}
+    by_reason: dict[str, int] = {}
+    for f in failures:
+        by_reason[f["reason"]] = by_reason.get(f["reason"], 0) + 1
+    summary.update({"problems": len(probs), "samples": cfg.samples, "traces": len(traces),
+                    "failed": sum(by_reason.values()), "failed_by_reason": by_reason, "interrupted": interrupted,
+                    "skipped": tally.to_dict(), "seconds": round(time.monotonic() - t0, 2),
+                    "inputs": {str(p): file_sha256(p) for p in (problems_path, from_file) if p is not None},
+                    "config": cfg.model_dump(mode="json"), "versions": package_versions()})
     write_json(out / "generate_summary.json", summary)
-    info(f"generate: {len(traces)} traces from {len(probs)} problems ({cfg.backend})"
-         + (f"; skipped {tally.total()}: {', '.join(f'{k} {v}' for k, v in tally.counts.items())}" if tally.total() else ""))
-    failed = sum(v for k, v in tally.counts.items() if k.startswith("failed"))
-    if failed:
-        raise PartialRun(f"generate: {failed} calls failed for good (see {out / 'generate_summary.json'}); rerun to retry them")
+    _report(summary, tally, out)
+    if interrupted:
+        raise KeyboardInterrupt
+    if failures:
+        shown = "; ".join(f"{f['problem_id']}#{f['sample']} {f['reason']}" for f in failures[:MAX_SHOWN])
+        raise PartialRun(f"generate: {len(failures)} of {len(probs) * cfg.samples} samples failed for good "
+                         f"({', '.join(f'{k} {v}' for k, v in sorted(by_reason.items()))}: {shown}); see "
+                         f"{out / 'failures.jsonl'}; rerun the same command to retry only those")
     return summary
+
+
+def _report(summary: dict[str, Any], tally: Tally, out: Path) -> None:
+    info(f"generate: {summary['traces']} traces for {summary['problems']} problems ({summary['backend']}) "
+         f"in {out / 'traces.jsonl'}")
+    calls = summary.get("calls")
+    if calls:
+        s = RunStats(**{**calls, "failed": Counter(calls["failed"])})
+        info(f"  calls: {s.line()}"
+             + (f"; {s.earlier_failures} earlier failures retried" if s.earlier_failures else ""))
+    if summary["interrupted"]:
+        info(f"  interrupted: finished calls are in {out / CACHE_FILE}; rerun the same command to continue")
+    if tally.total():
+        info(f"  skipped {tally.total()} input rows:")
+        for line in tally.lines():
+            info(f"    {line}")
