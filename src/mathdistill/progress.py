@@ -23,6 +23,7 @@ class _PlainBar:
         self.n = 0.0
         self.t0 = self.last = time.monotonic()
         self.postfix = ""
+        self.logged_n: float | None = None
 
     def advance(self, n: float = 1) -> None:
         self.n += n
@@ -35,6 +36,9 @@ class _PlainBar:
         self.postfix = text
 
     def _log(self, now: float) -> None:
+        if self.logged_n == self.n:
+            return  # the final line was printed already
+        self.logged_n = self.n
         dt = max(now - self.t0, 1e-9)
         rate = self.n / dt
         eta = f", eta {((self.total - self.n) / rate):.0f}s" if self.total and rate > 0 else ""
