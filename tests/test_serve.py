@@ -300,7 +300,8 @@ def test_bad_requests_are_400_with_a_message(server, body, param, needle):
 
 
 @pytest.mark.parametrize("body,param", [({"model": "tiny"}, "prompt"), ({"prompt": "1+1=", "max_tokens": -5}, "max_tokens"),
-                                        ({"prompt": [], "max_tokens": 2}, "prompt"), ({"prompt": ["a"] * 3, "n": 2}, "n")])
+                                        ({"prompt": [], "max_tokens": 2}, "prompt"),
+                                        ({"prompt": "", "max_tokens": 2}, "prompt"), ({"prompt": ["a"] * 3, "n": 2}, "n")])
 def test_bad_completions_are_400(server, body, param):
     assert assert_openai_error(HTTP.post(server.url + "/v1/completions", json=body, timeout=30), 400)["param"] == param
 
@@ -399,6 +400,23 @@ def test_disconnect_cancels_streaming(tiny):
         assert wait_until(lambda: s.engine.stats["cancelled"] == 1, 10), s.engine.stats
         assert wait_until(lambda: s.engine.load()["running"] == 0, 5)
         assert s.engine.stats["tokens"] < 1000 and s.engine.stats["finished"] == 0
+
+
+def test_a_failing_batch_is_a_500_and_the_server_keeps_serving(tiny, monkeypatch):
+    with running(tiny) as s:
+        real = s.engine._forward
+        calls = {"n": 0}
+
+        def flaky(*a, **kw):
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("simulated out of memory")
+            return real(*a, **kw)
+        monkeypatch.setattr(s.engine, "_forward", flaky)
+        err = assert_openai_error(HTTP.post(s.url + "/v1/chat/completions", json=_chat()), 500)
+        assert err["type"] == "server_error" and "simulated out of memory" in err["message"]
+        assert HTTP.post(s.url + "/v1/chat/completions", json=_chat()).status_code == 200
+        assert s.engine.stats["failed"] == 1 and s.engine.load() == {"queued": 0, "running": 0}
 
 
 # ------------------------------------------------------------------------------------ CLI and vLLM hand-off

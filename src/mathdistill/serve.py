@@ -691,11 +691,11 @@ def create_app(model: Any, tok: Any, cfg: ServeConfig, name: str = "student", ap
     async def chat(request: Request):
         req: ChatBody = _parse(ChatBody, await _read_json(request, cfg.max_body_bytes))
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": _text(m.content)} for m in req.messages]
-        try:
-            prompt = engine.render_chat(msgs)
+        try:  # off the event loop: a long prompt takes a while to render and tokenize
+            prompt = await asyncio.to_thread(engine.render_chat, msgs)
         except Exception as e:  # noqa: BLE001 - a template that rejects the conversation (role order ...)
             raise APIError(400, f"messages: the model's chat template rejected them: {str(e)[:200]}", param="messages") from None
-        ids = engine.encode(prompt, special=False)
+        ids = await asyncio.to_thread(engine.encode, prompt, False)
         sampling = _sampling(engine, req, len(ids), req.max_completion_tokens or req.max_tokens, req.n)
         job = Job(ids, sampling, stream=req.stream)
         submit(job)
@@ -748,7 +748,9 @@ def create_app(model: Any, tok: Any, cfg: ServeConfig, name: str = "student", ap
         prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
         if not prompts:
             raise APIError(400, "prompt: empty list", param="prompt")
-        encoded = [engine.encode(p, special=True) for p in prompts]
+        encoded = [await asyncio.to_thread(engine.encode, p, True) for p in prompts]
+        if not all(encoded):
+            raise APIError(400, "prompt: an empty prompt", param="prompt")
         jobs = []
         for ids in encoded:
             jobs.append(Job(ids, _sampling(engine, req, len(ids), req.max_tokens, req.n * len(prompts)), stream=req.stream))
