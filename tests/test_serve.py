@@ -272,6 +272,9 @@ def _chat(**over):
     (b'{"model": "tiny", "messages": [', None, "not valid JSON"),                     # truncated JSON
     (b"\xff\xfe not utf8", None, "not valid JSON"),
     (b"[1, 2]", None, "JSON object"),                                                 # not an object
+    (b"[" * 100_000 + b"]" * 100_000, None, "not valid JSON"),                         # nested too deeply
+    (b'{"messages": [], "max_tokens": 1' + b"0" * 5000 + b"}", None, "not valid JSON"),  # an int Python will not parse
+    (b'{"model": "tiny", "messages": [{"role": "user", "content": "x"}], "temperature": NaN}', "temperature", ""),
     ({"model": "tiny"}, "messages", "Field required"),                                # missing messages
     ({"model": "tiny", "messages": []}, "messages", "at least 1"),
     ({"model": "tiny", "messages": "hi"}, "messages", ""),

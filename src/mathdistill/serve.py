@@ -518,13 +518,14 @@ class Engine:
 # ------------------------------------------------------------------------------------------------- the app
 
 
-def _sampling(engine: Engine, req: _Sampling, prompt_len: int, max_tokens: int | None, choices: int) -> Sampling:
+def _sampling(engine: Engine, req: _Sampling, prompt_len: int, max_tokens: int | None, choices: int,
+              prompt_field: str = "messages") -> Sampling:
     cfg = engine.cfg
     if choices > cfg.max_n:
         raise APIError(400, f"n: {choices} choices requested, this server allows at most {cfg.max_n} per request (--max-n)", param="n")
     if prompt_len > cfg.max_prompt_tokens:
         raise APIError(400, f"the prompt has {prompt_len} tokens, above this server's limit of {cfg.max_prompt_tokens} (--max-prompt-tokens)",
-                       param="messages", code="context_length_exceeded")
+                       param=prompt_field, code="context_length_exceeded")
     room = engine.context_len - prompt_len
     if max_tokens is not None:
         if max_tokens > cfg.max_tokens_cap:
@@ -534,7 +535,7 @@ def _sampling(engine: Engine, req: _Sampling, prompt_len: int, max_tokens: int |
                                 f"{engine.context_len} tokens", param="max_tokens", code="context_length_exceeded")
     elif room < 1:
         raise APIError(400, f"the prompt ({prompt_len} tokens) fills the model's context of {engine.context_len} tokens",
-                       param="messages", code="context_length_exceeded")
+                       param=prompt_field, code="context_length_exceeded")
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if len(stop) > 4 or any(not s for s in stop):
         raise APIError(400, "stop: at most 4 non-empty strings", param="stop")
@@ -557,8 +558,10 @@ async def _read_json(request: Any, limit: int) -> Any:
         chunks.append(chunk)
     try:
         return json.loads(b"".join(chunks))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise APIError(400, f"the request body is not valid JSON: {e}") from None
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints longer than Python parses
+        raise APIError(400, f"the request body is not valid JSON: {str(e)[:200]}") from None
+    except RecursionError:
+        raise APIError(400, "the request body is not valid JSON: nested too deeply") from None
 
 
 def _text(content: Any) -> str:
@@ -753,7 +756,7 @@ def create_app(model: Any, tok: Any, cfg: ServeConfig, name: str = "student", ap
             raise APIError(400, "prompt: an empty prompt", param="prompt")
         jobs = []
         for ids in encoded:
-            jobs.append(Job(ids, _sampling(engine, req, len(ids), req.max_tokens, req.n * len(prompts)), stream=req.stream))
+            jobs.append(Job(ids, _sampling(engine, req, len(ids), req.max_tokens, req.n * len(prompts), "prompt"), stream=req.stream))
         try:
             for j in jobs:
                 submit(j)
