@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16, help="output tokens per request")
     ap.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency (at least 4 at C=1)")
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both modes (default: torch's, all cores)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     args = ap.parse_args()
 
@@ -71,17 +72,22 @@ def main() -> None:
     levels = [int(x) for x in args.concurrency.split(",")]
     spec = resolve(args.model)
     model, tok = load(spec, dtype="float32")
-    print(f"model {args.model}, fp32 CPU; {args.max_tokens} output tokens per request (greedy, ignore_eos); "
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"model {args.model}, fp32 CPU, {torch.get_num_threads()} torch threads; {args.max_tokens} output tokens per request (greedy, ignore_eos); "
           f"concurrency {levels}; {args.rounds} requests per client (>= 4 at C=1)", flush=True)
     results: dict[str, dict[int, dict]] = {}
     for mode, batch in (("off", 1), ("on", 32)):
-        app = create_app(model, tok, ServeConfig(max_batch_size=batch, max_queue=256, batch_wait_ms=10), name="student")
+        app = create_app(model, tok, ServeConfig(max_batch_size=batch, max_queue=256, batch_wait_ms=10, threads=args.threads), name="student")
         with ServerThread(app) as s:
             asyncio.run(closed_loop(s.url, "student", 1, 1, args.max_tokens))  # warm-up
             results[mode] = {}
             for c in levels:
                 r = asyncio.run(closed_loop(s.url, "student", c, max(c * args.rounds, 4), args.max_tokens))
-                r["max_rows"] = app.state.engine.stats["max_rows"]
+                st = app.state.engine.stats
+                r["max_rows"], r["steps"], r["prefills"] = st["max_rows"], st["steps"], st["prefills"]
                 results[mode][c] = r
                 print(f"batching {mode:3}  C={c:<3} {r['req_per_s']:7.2f} req/s  {r['out_tok_per_s']:7.1f} out tok/s  "
                       f"({r['requests']} requests in {r['wall_s']} s, errors {r['errors']})", flush=True)
