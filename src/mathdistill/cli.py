@@ -20,6 +20,7 @@ from .evaluate import EvalConfig
 from .generate import GenerateConfig
 from .problems import ProblemsConfig
 from .progress import console
+from .serve import ServeConfig
 from .train import TrainConfig
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -170,6 +171,36 @@ def eval_cmd(problems: Path = typer.Option(..., "--problems", "-p", help="Proble
     cfg = stage_config(EvalConfig, "eval", config, preset, sets,
                        {"max_new_tokens": max_new_tokens, "limit": limit, "seed": seed})
     evaluate(cfg, problems, prepare_out_dir(out, overwrite), model=model, adapter=adapter)
+
+
+@app.command("serve")
+def serve_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m", help="model: alias, folder, .gguf, run folder (base + LoRA), hub id"),
+              adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter folder on top of --model"),
+              host: Optional[str] = typer.Option(None, "--host", help=h(ServeConfig, "host")),
+              port: Optional[int] = typer.Option(None, "--port", help=h(ServeConfig, "port")),
+              api_key: Optional[str] = typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY' on every request "
+                                                    "(prefer the MATHDISTILL_SERVE_KEY variable: a flag shows in the process list)"),
+              engine: Optional[str] = typer.Option(None, "--engine", help=h(ServeConfig, "engine")),
+              served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help=h(ServeConfig, "served_model_name")),
+              max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help=h(ServeConfig, "max_batch_size")),
+              batch_wait_ms: Optional[float] = typer.Option(None, "--batch-wait-ms", help=h(ServeConfig, "batch_wait_ms")),
+              max_queue: Optional[int] = typer.Option(None, "--max-queue", help=h(ServeConfig, "max_queue")),
+              max_n: Optional[int] = typer.Option(None, "--max-n", help=h(ServeConfig, "max_n")),
+              max_tokens_cap: Optional[int] = typer.Option(None, "--max-tokens-cap", help=h(ServeConfig, "max_tokens_cap")),
+              max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", help=h(ServeConfig, "max_prompt_tokens")),
+              max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help=h(ServeConfig, "max_body_bytes")),
+              threads: Optional[int] = typer.Option(None, "--threads", help=h(ServeConfig, "threads")),
+              config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt):
+    """Serve a model (a trained student: run folder, or base + --adapter) as an OpenAI-compatible API.
+    Bearer auth with --api-key or MATHDISTILL_SERVE_KEY; binds 127.0.0.1 unless --host says otherwise."""
+    from .serve import serve
+
+    cfg = stage_config(ServeConfig, "serve", config, None, sets,
+                       {"host": host, "port": port, "engine": engine, "served_model_name": served_model_name,
+                        "max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue,
+                        "max_n": max_n, "max_tokens_cap": max_tokens_cap, "max_prompt_tokens": max_prompt_tokens,
+                        "max_body_bytes": max_body_bytes, "threads": threads})
+    serve(cfg, model=model, adapter=adapter, api_key=api_key)
 
 
 @app.command("report")
