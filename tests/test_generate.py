@@ -218,7 +218,8 @@ def test_ctrl_c_stops_cleanly_and_keeps_what_finished(server, tmp_path):
     assert proc.returncode == 130, err[-2000:]
     assert "interrupted" in err and "Traceback" not in err
     traces = read(out / "traces.jsonl")
-    assert 8 <= len(traces) < n and len(traces) == len(committed_questions(out))
+    # the server answered 8; at most 4 (the concurrency) may still have been in flight at the client
+    assert 8 - 4 <= len(traces) < n and len(traces) == len(committed_questions(out))
     fails = read(out / "failures.jsonl")
     assert len(traces) + len(fails) == n and {f["reason"] for f in fails} <= {"not_attempted"}
     assert json.loads((out / "generate_summary.json").read_text())["interrupted"] is True
