@@ -269,6 +269,20 @@ def _trainer_cls():
             loss = kd_loss(s_logits, t_logits, target, cfg, vocab, denom)
             return (loss, {"loss": loss}) if return_outputs else loss
 
+        def evaluate(self, *a, **kw):
+            import torch
+
+            # the eval loader draws from the global RNG; keep the training stream (dropout) as if eval never ran,
+            # so a run resumed from a checkpoint taken before an evaluation continues identically
+            with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+                return super().evaluate(*a, **kw)
+
+        def _get_train_sampler(self, train_dataset=None):
+            if not self.cfg.group_by_length:
+                return super()._get_train_sampler(train_dataset)  # accelerate seeds it by seed + epoch
+            return _EpochLengthGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                              lengths=(train_dataset or self.train_dataset)["length"], seed=self.cfg.seed)
+
         # Atomic checkpoints: the Trainer writes checkpoint-N into a staging folder, which is renamed into place.
         def _get_output_dir(self, trial):
             return self._staging or super()._get_output_dir(trial)
@@ -287,6 +301,7 @@ def _trainer_cls():
                 return
             name = f"checkpoint-{self.state.global_step}"
             write_json(staging / name / "mathdistill_config.json", self.cfg.model_dump(mode="json"))
+            (staging / name / "training_args.bin").unlink(missing_ok=True)  # pickled TrainingArguments; never read back
             dest = final_root / name
             if dest.exists():  # saved again at the same step (after a resume): swap the old one out first
                 old = final_root / f".old-{name}"
@@ -299,19 +314,68 @@ def _trainer_cls():
                 shutil.rmtree(stale, ignore_errors=True)
 
     class RichProgress(TrainerCallback):
-        def __init__(self, b):
-            self.b = b
+        """Advances the bar and appends every loss row to ``train_log.jsonl`` as it comes (a crash keeps the log)."""
+
+        def __init__(self, b, log_path: Path | None):
+            self.b, self.log_path = b, log_path
 
         def on_step_end(self, args, state, control, **kw):
             self.b.advance()
 
         def on_log(self, args, state, control, logs=None, **kw):
+            if logs and self.log_path and state.is_world_process_zero and ("loss" in logs or "eval_loss" in logs):
+                row = {"step": state.global_step, "epoch": round(state.epoch or 0, 3), **logs}
+                with open(self.log_path, "a", encoding="utf-8") as fh:
+                    fh.write(json.dumps(row) + "\n")
             if logs and "loss" in logs:
                 self.b.set_postfix(f"loss {logs['loss']:.3f}")
             if logs and "eval_loss" in logs:
                 info(f"train: epoch {state.epoch or 0:.2f} held-out loss {logs['eval_loss']:.4f}")
 
     return DistillTrainer, RichProgress
+
+
+def _length_grouped_sampler_base():
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    return LengthGroupedSampler
+
+
+class _EpochLengthGroupedSampler:
+    """transformers' LengthGroupedSampler with its permutation drawn from ``seed + epoch`` instead of the global
+    RNG, so a resumed run sees exactly the batches the uninterrupted run would have seen."""
+
+    def __new__(cls, batch_size: int, lengths: list[int], seed: int):
+        base = _length_grouped_sampler_base()
+
+        class Sampler(base):
+            def __init__(self):
+                super().__init__(batch_size, lengths=lengths)
+                self.seed, self.epoch = seed, 0
+
+            def set_epoch(self, epoch: int) -> None:
+                self.epoch = epoch
+
+            def __iter__(self):
+                import torch
+
+                self.generator = torch.Generator().manual_seed(self.seed + self.epoch)
+                return super().__iter__()
+
+        return Sampler()
+
+
+def _read_log(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``train_log.jsonl``; a line cut short by a crash is skipped."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -563,12 +627,16 @@ def train(cfg: TrainConfig, dataset_path: str | Path, out_dir: str | Path, resum
         dataloader_num_workers=0, log_level="warning",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length")
     trainer_cls, progress_cb = _trainer_cls()
+    log_path = out / "train_log.jsonl"
+    kept = [r for r in _read_log(log_path) if last and r.get("step", 0) <= int(last.name[11:])]
+    with open(log_path, "w", encoding="utf-8") as fh:  # a resumed run keeps the rows up to its checkpoint
+        fh.writelines(json.dumps(r) + "\n" for r in kept)
     collator = Collator(tok.pad_token_id, cfg.max_length if packing else None)
     t0 = time.monotonic()
     with bar("train", total=total_steps, unit="step") as b:
         trainer = trainer_cls(model=model, args=args, train_dataset=Dataset.from_list(train_feats),
                               eval_dataset=Dataset.from_list(held) if held else None,
-                              data_collator=collator, callbacks=[progress_cb(b)], cfg=cfg, tok=tok, teacher=teacher)
+                              data_collator=collator, callbacks=[progress_cb(b, log_path)], cfg=cfg, tok=tok, teacher=teacher)
         if last:
             b.advance(int(last.name[11:]))
         trainer.train(resume_from_checkpoint=str(last) if last else None)
@@ -578,16 +646,14 @@ def train(cfg: TrainConfig, dataset_path: str | Path, out_dir: str | Path, resum
     dt = time.monotonic() - t0
     if not trainer.is_world_process_zero():
         return {}
-    log_rows = [{"step": r["step"], "epoch": round(r.get("epoch") or 0, 3),
-                 **{k: v for k, v in r.items() if k not in ("step", "epoch")}}
-                for r in trainer.state.log_history if "loss" in r or "eval_loss" in r]
+    log_rows = _read_log(log_path)
+    folder = out / ("adapter" if cfg.finetune == "lora" else "model")
+    trainer.save_model(str(folder))
+    (folder / "training_args.bin").unlink(missing_ok=True)  # a pickle of TrainingArguments: not shipped
+    tok.save_pretrained(str(folder))
     if cfg.finetune == "lora":
-        trainer.save_model(str(out / "adapter"))
-        tok.save_pretrained(str(out / "adapter"))
         student = {"base_model": cfg.base_model, "adapter": "adapter", "recipe": cfg.recipe}
     else:
-        trainer.save_model(str(out / "model"))
-        tok.save_pretrained(str(out / "model"))
         student = {"base_model": cfg.base_model, "adapter": None, "model": "model", "recipe": cfg.recipe}
     epochs_done = trainer.state.global_step / steps_per_epoch
     train_losses = [r["loss"] for r in log_rows if "loss" in r]
@@ -608,11 +674,6 @@ def train(cfg: TrainConfig, dataset_path: str | Path, out_dir: str | Path, resum
     }
     write_json(out / "student.json", student)
     write_json(out / "train_summary.json", summary)
-    tmp = out / ".train_log.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        for r in log_rows:
-            fh.write(json.dumps(r) + "\n")
-    os.replace(tmp, out / "train_log.jsonl")
     plot_loss_curve(out)
     info(f"train: {summary['steps']} steps in {dt:.0f}s ({summary['tokens_per_s']} tokens/s, pad share {summary['pad_share']:.0%}), "
          f"final loss {summary['final_loss']}" + (f", held-out {summary['final_heldout_loss']:.4f}" if eval_losses else ""))
