@@ -25,7 +25,11 @@ def divergence(student_logits, teacher_logits, kind: str = "forward_kl", beta: f
                denom=None):
     """Sum over positions of the chosen divergence between rows of logits (``N x V``), divided by ``denom``
     (default: N). ``kind``: ``forward_kl``, ``reverse_kl`` or ``jsd`` (mixture weight ``beta``)."""
-    from trl.experimental.gkd.gkd_trainer import GKDTrainer
+    import warnings
+
+    with warnings.catch_warnings():  # GKD lives in trl.experimental; the loss we take from it is the paper's Eq. 1
+        warnings.simplefilter("ignore")
+        from trl.experimental.gkd.gkd_trainer import GKDTrainer
 
     b = KD_BETA.get(kind, beta)
     if kind not in ("forward_kl", "reverse_kl", "jsd"):
