@@ -31,11 +31,14 @@ def feats_of(tok, rows):
     return [dict(zip(("input_ids", "labels"), tokenize_example(tok, EN_PROMPT, r["input"], r["output"]))) for r in rows]
 
 
-def test_pack_rows_first_fit_decreasing():
+def test_pack_rows_few_balanced_bins():
     bins = pack_rows([5, 3, 8, 2, 4], capacity=10)
     assert sorted(i for b in bins for i in b) == [0, 1, 2, 3, 4]
     assert all(sum([5, 3, 8, 2, 4][i] for i in b) <= 10 for b in bins)
     assert len(bins) == 3  # 22 tokens need at least 3 bins of 10
+    # the bins are balanced, so padding them to the longest wastes little
+    lengths = [300, 100, 100, 100, 100, 100]
+    assert sorted(sum(lengths[i] for i in b) for b in pack_rows(lengths, 512)) == [400, 400]
 
 
 def test_packed_batch_gives_the_same_loss_as_padded_batches(tiny_model):

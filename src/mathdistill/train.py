@@ -109,18 +109,36 @@ def tokenize_example(tok, instruction: str, question: str, answer: str) -> tuple
 
 
 def pack_rows(lengths: list[int], capacity: int) -> list[list[int]]:
-    """First-fit-decreasing: indices of rows grouped into bins of at most ``capacity`` tokens (in row order)."""
-    bins: list[list[int]] = []
+    """Indices of rows grouped into as few bins of at most ``capacity`` tokens as first-fit-decreasing finds,
+    then balanced across those bins (longest row to the emptiest bin), so the bins, padded to the longest one,
+    carry almost no pad tokens. Each bin lists its rows in their original order."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     room: list[int] = []
-    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    for i in order:  # first-fit-decreasing: how many bins are needed
         for b, r in enumerate(room):
             if lengths[i] <= r:
-                bins[b].append(i)
                 room[b] -= lengths[i]
                 break
         else:
-            bins.append([i])
             room.append(capacity - lengths[i])
+    k = len(room)
+    bins: list[list[int]] = [[] for _ in range(k)]
+    loads = [0] * k
+    for i in order:  # balance: longest processing time first
+        j = min(range(k), key=loads.__getitem__)
+        bins[j].append(i)
+        loads[j] += lengths[i]
+    if max(loads) > capacity:  # balancing overshot a bin: keep the first-fit bins
+        bins, room = [], []
+        for i in order:
+            for b, r in enumerate(room):
+                if lengths[i] <= r:
+                    bins[b].append(i)
+                    room[b] -= lengths[i]
+                    break
+            else:
+                bins.append([i])
+                room.append(capacity - lengths[i])
     return [sorted(b) for b in bins]
 
 
