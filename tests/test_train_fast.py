@@ -219,3 +219,19 @@ def test_accelerate_configs_parse():
     for f in ("zero2.yaml", "zero3.yaml"):
         ref = yaml.safe_load((root / f).read_text())["deepspeed_config"]["deepspeed_config_file"]
         assert (root.parents[1] / ref).is_file()
+
+
+def test_cli_resume_without_checkpoint_is_one_line(tiny_model, dataset, tmp_path, capsys):
+    import sys
+
+    from mathdistill import cli
+
+    old = sys.argv
+    sys.argv = ["mathdistill", "train", "-d", str(dataset), "-o", str(tmp_path / "t"), "-m", str(tiny_model), "--resume"]
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        sys.argv = old
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "no checkpoint" in err and len(err.splitlines()) == 1
