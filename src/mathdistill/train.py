@@ -74,7 +74,7 @@ class TrainConfig(StageConfig):
     # throughput and memory
     packing: bool = Field(True, description="pack each micro-batch's rows into as few max_length sequences as fit (no pad tokens; block-diagonal attention)")
     group_by_length: bool = Field(True, description="batch rows of similar length together (less padding)")
-    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, ~30% slower)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, one more forward per step)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="compute precision; auto: bf16 on a GPU that supports it, fp32 on CPU")
     memory_limit_gb: float | None = Field(None, gt=0, description="memory the run may use, for the early fit check (None: what the device has free)")
     threads: int | None = Field(None, description="torch threads (None: all cores)")
