@@ -123,3 +123,15 @@ def test_kd_without_teacher_is_a_user_error(tiny_model, tmp_path):
     ds.write_text(json.dumps(ROWS))
     with pytest.raises(UserError, match="--teacher"):
         train(TrainConfig(base_model=str(tiny_model), method="kd"), ds, tmp_path / "t")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_kd_on_gpu(tiny_model, teacher, tmp_path):
+    """On a GPU, dtype auto trains in bf16; one KD run (off- and on-policy) goes through."""
+    ds = tmp_path / "d.json"
+    ds.write_text(json.dumps(ROWS))
+    s = train(TrainConfig(base_model=str(tiny_model), method="kd", teacher=str(teacher), kd_loss="jsd", kd_on_policy=0.5,
+                          batch_size=4, max_steps=4, save_steps=2, lora_r=4, lora_alpha=8), ds, tmp_path / "g")
+    assert s["device"] == "cuda" and s["dtype"] == "bfloat16" and s["steps"] == 4
+    assert math.isfinite(s["final_loss"])
