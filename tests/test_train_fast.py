@@ -235,3 +235,40 @@ def test_cli_resume_without_checkpoint_is_one_line(tiny_model, dataset, tmp_path
         sys.argv = old
     err = capsys.readouterr().err.strip()
     assert e.value.code == 2 and "no checkpoint" in err and len(err.splitlines()) == 1
+
+
+def test_resume_after_kill_9(tiny_model, dataset, tmp_path):
+    """A real SIGKILL of `mathdistill train` mid-run: the newest checkpoint loads and the resumed run ends with
+    the weights of an uninterrupted one."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sets = ["--set", "train.lora_r=4", "--set", "train.lora_alpha=8", "--set", "train.heldout_fraction=0.1",
+            "--set", "train.max_steps=12", "--set", "train.save_steps=1"]
+    args = ["-d", str(dataset), "-m", str(tiny_model), "--lr", "0.005", "--batch-size", "4", *sets]
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "mathdistill", "train", *args, "-o", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy())
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (out / "checkpoints" / "checkpoint-3").exists():
+        if proc.poll() is not None:
+            pytest.fail("training ended before it could be killed")
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter").exists()
+    from mathdistill import cli
+    from typer.testing import CliRunner
+
+    r = CliRunner().invoke(cli.app, ["train", *args, "-o", str(out), "--resume"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli.app, ["train", *args, "-o", str(tmp_path / "whole")])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed_from"].startswith("checkpoint-") and summary["steps"] == 12
+    wa, wb = adapter_weights(tmp_path / "whole" / "adapter"), adapter_weights(out / "adapter")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-7)

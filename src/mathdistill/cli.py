@@ -51,7 +51,10 @@ def stage_config(model: type[StageConfig], section: str, config: Optional[Path],
         data = deep_merge(data, y[section] if isinstance(y.get(section), dict) else y)
         source = str(config)
     data = deep_merge(data, {k: v for k, v in flags.items() if v is not None})
-    data = deep_merge(data, parse_overrides(sets))
+    over = parse_overrides(sets)
+    if isinstance(over.get(section), dict):  # --set train.lr=... on the train verb means the same as --set lr=...
+        over = deep_merge({k: v for k, v in over.items() if k != section}, over[section])
+    data = deep_merge(data, over)
     return build(model, data, source)
 
 
