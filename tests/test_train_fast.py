@@ -93,7 +93,7 @@ def small_cfg(tiny_model, **kw):
 
 def test_grad_accum_and_checkpointing_give_the_same_weights(tiny_model, dataset, tmp_path):
     """4 rows x 2 accumulated micro-batches == 8 rows at once (loss normalised over the whole step)."""
-    train(small_cfg(tiny_model, batch_size=8, max_steps=2), dataset, tmp_path / "a")
+    train(small_cfg(tiny_model, batch_size=8, max_steps=2, packing=True), dataset, tmp_path / "a")
     train(small_cfg(tiny_model, batch_size=4, grad_accum=2, max_steps=2, gradient_checkpointing=True,
                     packing=False), dataset, tmp_path / "b")
     wa, wb = adapter_weights(tmp_path / "a" / "adapter"), adapter_weights(tmp_path / "b" / "adapter")

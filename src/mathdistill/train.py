@@ -72,7 +72,7 @@ class TrainConfig(StageConfig):
     lr_scheduler: str = Field("cosine", description="transformers scheduler name")
     seed: int = Field(42, description="seed of data order, held-out split, dropout and LoRA init")
     # throughput and memory
-    packing: bool = Field(True, description="pack each micro-batch's rows into as few max_length sequences as fit (no pad tokens; block-diagonal attention)")
+    packing: bool = Field(False, description="pack each micro-batch's rows into as few max_length sequences as fit (no pad tokens; block-diagonal attention)")
     group_by_length: bool = Field(True, description="batch rows of similar length together (less padding)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less memory, one more forward per step)")
     dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="compute precision; auto: bf16 on a GPU that supports it, fp32 on CPU")
