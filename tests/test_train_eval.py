@@ -37,9 +37,11 @@ def test_answer_only_loss_equals_full_logits_loss(tiny_model):
 def test_train_writes_adapter_and_lowers_loss(tiny_model, tmp_path):
     ds = tmp_path / "dataset.json"
     ds.write_text(json.dumps(ROWS))
-    cfg = TrainConfig(base_model=str(tiny_model), learning_rate=5e-3, epochs=4, batch_size=6, lora_r=4, lora_alpha=8)
+    cfg = TrainConfig(base_model=str(tiny_model), learning_rate=5e-3, epochs=4, batch_size=6, lora_r=4, lora_alpha=8,
+                      heldout_fraction=0.0)
     s = train(cfg, ds, tmp_path / "train")
     assert (tmp_path / "train" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not list((tmp_path / "train" / "adapter").glob("*.bin")), "no pickle beside the adapter"
     meta = json.loads((tmp_path / "train" / "student.json").read_text())
     assert meta == {"base_model": str(tiny_model), "adapter": "adapter", "recipe": "fast"}
     log = [json.loads(x) for x in (tmp_path / "train" / "train_log.jsonl").read_text().splitlines()]
@@ -55,7 +57,7 @@ def test_train_counts_rows_it_cannot_use(tiny_model, tmp_path):
     rows = ROWS[:6] + [{"instruction": "x", "input": "y"}, {**ROWS[0], "output": "1 + 1 = 2 " * 400}]
     ds = tmp_path / "dataset.json"
     ds.write_text(json.dumps(rows))
-    s = train(TrainConfig(base_model=str(tiny_model), max_steps=1, max_length=128), ds, tmp_path / "t")
+    s = train(TrainConfig(base_model=str(tiny_model), max_steps=1, max_length=128, heldout_fraction=0.0), ds, tmp_path / "t")
     assert s["rows"] == 6 and s["skipped"]["counts"] == {"missing_field": 1, "too_long": 1}
 
 

@@ -17,6 +17,7 @@ from .errors import PartialRun, UserError
 from .io import check_readable, prepare_out_dir
 from .curate import CurateConfig
 from .evaluate import EvalConfig
+from .export import ExportConfig
 from .generate import GenerateConfig
 from .problems import ProblemsConfig
 from .progress import console
@@ -51,7 +52,10 @@ def stage_config(model: type[StageConfig], section: str, config: Optional[Path],
         data = deep_merge(data, y[section] if isinstance(y.get(section), dict) else y)
         source = str(config)
     data = deep_merge(data, {k: v for k, v in flags.items() if v is not None})
-    data = deep_merge(data, parse_overrides(sets))
+    over = parse_overrides(sets)
+    if isinstance(over.get(section), dict):  # --set train.lr=... on the train verb means the same as --set lr=...
+        over = deep_merge({k: v for k, v in over.items() if k != section}, over[section])
+    data = deep_merge(data, over)
     return build(model, data, source)
 
 
@@ -139,19 +143,50 @@ def curate_cmd(traces: Path = typer.Option(..., "--traces", "-t", help="Trace JS
 
 @app.command("train")
 def train_cmd(dataset: Path = typer.Option(..., "--dataset", "-d", help="Alpaca dataset.json from curate"),
-              out: Path = typer.Option(..., "--out", "-o", help="folder for the adapter and student.json"),
+              out: Path = typer.Option(..., "--out", "-o", help="folder for the adapter (or weights), student.json, logs, checkpoints"),
               base_model: Optional[str] = typer.Option(None, "--model", "-m", help=h(TrainConfig, "base_model")),
+              method: Optional[str] = typer.Option(None, "--method", help=h(TrainConfig, "method")),
+              finetune: Optional[str] = typer.Option(None, "--finetune", help=h(TrainConfig, "finetune")),
+              teacher: Optional[str] = typer.Option(None, "--teacher", help=h(TrainConfig, "teacher")),
+              kd_loss: Optional[str] = typer.Option(None, "--kd-loss", help=h(TrainConfig, "kd_loss")),
               epochs: Optional[float] = typer.Option(None, help=h(TrainConfig, "epochs")),
               learning_rate: Optional[float] = typer.Option(None, "--lr", help=h(TrainConfig, "learning_rate")),
+              batch_size: Optional[int] = typer.Option(None, "--batch-size", help=h(TrainConfig, "batch_size")),
+              grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help=h(TrainConfig, "grad_accum")),
+              packing: Optional[bool] = typer.Option(None, "--packing/--no-packing", help=h(TrainConfig, "packing")),
+              gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing",
+                                                                    help=h(TrainConfig, "gradient_checkpointing")),
+              save_steps: Optional[int] = typer.Option(None, "--save-steps", help=h(TrainConfig, "save_steps")),
+              resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in --out (same config)"),
               config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
               sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
-    """LoRA SFT of the student (loss on answer tokens only). --preset seed reproduces the seed's recipe."""
+    """Fine-tune the student (LoRA or full; SFT or logit KD; loss on answer tokens only).
+    --preset seed reproduces the seed's recipe. Under `accelerate launch` it runs on every GPU given."""
     from .train import train
 
     check_readable(dataset, "dataset file")
     cfg = stage_config(TrainConfig, "train", config, preset, sets,
-                       {"base_model": base_model, "epochs": epochs, "learning_rate": learning_rate})
-    train(cfg, dataset, prepare_out_dir(out, overwrite))
+                       {"base_model": base_model, "method": method, "finetune": finetune, "teacher": teacher,
+                        "kd_loss": kd_loss, "epochs": epochs, "learning_rate": learning_rate, "batch_size": batch_size,
+                        "grad_accum": grad_accum, "packing": packing, "gradient_checkpointing": gradient_checkpointing,
+                        "save_steps": save_steps})
+    train(cfg, dataset, out if resume else prepare_out_dir(out, overwrite), resume=resume)
+
+
+@app.command("export")
+def export_cmd(run_dir: Path = typer.Argument(..., help="run folder or train folder (or any model folder) to export"),
+               fmt: Optional[str] = typer.Option(None, "--format", "-f", help=h(ExportConfig, "format")),
+               out: Path = typer.Option(..., "--out", "-o", help="folder for the exported files"),
+               dtype: Optional[str] = typer.Option(None, "--dtype", help=h(ExportConfig, "dtype")),
+               gguf_type: Optional[str] = typer.Option(None, "--gguf-type", help=h(ExportConfig, "gguf_type")),
+               config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
+    """Write the student as shipped files (merged safetensors, int8, GGUF); prints bytes on disk and MLS."""
+    from .export import export
+
+    if not run_dir.exists():
+        raise UserError(f"run folder not found: {run_dir}")
+    cfg = stage_config(ExportConfig, "export", config, None, sets, {"format": fmt, "dtype": dtype, "gguf_type": gguf_type})
+    export(cfg, run_dir, prepare_out_dir(out, overwrite))
 
 
 @app.command("eval")

@@ -73,12 +73,18 @@ def resolve(name: str, adapter: str | None = None) -> ModelSpec:
         elif p.is_dir() and (p / "student.json").is_file():
             # a run's train folder (or a run folder): base + adapter recorded by `train`
             meta = json.loads((p / "student.json").read_text())
+            if meta.get("model"):  # full fine-tuning: the trained weights are a plain HF folder
+                full = resolve(str((p / meta["model"]).resolve()))
+                return ModelSpec(name, full.kind, full.path, full.gguf_file, served_files=full.served_files)
             base = resolve(meta["base_model"])
             ad = str((p / meta["adapter"]).resolve())
             return ModelSpec(name, base.kind, base.path, base.gguf_file, adapter=ad,
                              served_files=base.served_files + _weights_in(Path(ad)))
         elif p.is_dir() and (p / "train" / "student.json").is_file():
             return resolve(str(p / "train"), adapter)
+        elif p.is_dir() and not (p / "config.json").is_file() and len(list(p.glob("*.gguf"))) == 1:
+            g = next(p.glob("*.gguf"))  # an exported GGUF folder
+            spec = ModelSpec(name, "gguf", str(p), g.name, served_files=(str(g),))
         elif p.is_dir() and (p / "config.json").is_file():
             spec = ModelSpec(name, "hf_dir", str(p), served_files=_weights_in(p))
         elif p.exists():

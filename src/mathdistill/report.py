@@ -53,20 +53,10 @@ def _plots(run: Path, scores: dict[str, Any]) -> list[str]:
     plt.close(fig)
     made.append("tokens.png")
 
-    log = run / "train" / "train_log.jsonl"
-    if log.is_file():
-        rows = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]
-        if rows:
-            fig, ax = plt.subplots(figsize=(7, 3.2))
-            ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label="train loss")
-            ax.set_xlabel("optimizer step")
-            ax.set_ylabel("loss (answer tokens)")
-            ax.set_title("Training loss")
-            ax.legend()
-            fig.tight_layout()
-            fig.savefig(run / "loss.png", dpi=120)
-            plt.close(fig)
-            made.append("loss.png")
+    from .train import plot_loss_curve  # train and held-out loss, from train/train_log.jsonl
+
+    if plot_loss_curve(run / "train", run / "loss.png"):
+        made.append("loss.png")
     return made
 
 
@@ -113,6 +103,10 @@ def report(run_dir: str | Path) -> Path:
         c = read_json(cr)
         lines += ["", "## Data", "", f"{c['rows_in']} traces in, {c['rows_out']} training rows out; "
                   + "; ".join(f"{s['step']} removed {s['removed']}" for s in c["steps"]) + "."]
+    from .export import export_table  # format, bytes, MLS, AS, Overall of each `mathdistill export`
+
+    table = export_table(run)
+    lines += ["", *table] if table else []
     lines += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     meta = scores[models[0]].get("meta", {})
     if meta:
