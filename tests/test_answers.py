@@ -142,6 +142,8 @@ EXTRACT = [
     ("答案是 8 个", "8"),
     ("答案：１２３", "123"),
     ("pages 10-12", "12"),
+    ("所以答案是（８）", "8"),
+    (r"\boxed{\text{(B)}}", "B"),
     ("x is 3/4 of the cake", "3/4"),
     ("<think>9</think>", None),
     ("no numbers here", None),

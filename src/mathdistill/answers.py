@@ -83,12 +83,17 @@ _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
 
 def to_ascii(text: str) -> str:
     """Full-width digits and punctuation (``１２，３４５．５％``), odd spaces and the minus sign ``−`` as ASCII."""
-    return text.translate(_WIDTH_TABLE)
+    return text if text.isascii() else text.translate(_WIDTH_TABLE)
+
+
+_HAS_THINK = re.compile(r"think>", re.I)
 
 
 def strip_think(text: str) -> str:
     """Remove ``<think>...</think>`` blocks, an unclosed ``<think>`` and what follows it, and anything
     before a stray ``</think>``."""
+    if not _HAS_THINK.search(text):
+        return text
     text = _THINK_BLOCK.sub("", text)
     low = text.lower()
     if "</think>" in low:
@@ -255,6 +260,9 @@ def clean_answer(span: str | None) -> str | None:
         s = s.rsplit("=", 1)[1].strip().strip(_TRAIL)  # "x = 5", "3 + 5 = 8" -> the right side
     if not s:
         return None
+    paren = re.fullmatch(r"\(\s*([^(),]+?)\s*\)", s)
+    if paren:
+        s = paren.group(1)  # "(8)", "(B)"; not "(1, 2)", an interval or a point
     m = _PLAIN.match(s)
     if m and (m.end() == len(s) or _UNIT_TAIL.match(s, m.end())):
         return _plain_text(m)

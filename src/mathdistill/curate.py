@@ -204,6 +204,10 @@ class Ctx:
     agreement: dict[str, Any] = field(default_factory=dict)
     _tok: Any = None
 
+    @property
+    def tokenizer_loaded(self) -> bool:
+        return self._tok is not None
+
     def tokenizer(self):
         if self._tok is None:
             from .models import load_tokenizer, resolve
@@ -488,7 +492,10 @@ def _dedup(rows: list[Row], ctx: Ctx) -> list[Row]:
 
     c = ctx.cfg.dedup
     base = MinHash(num_perm=c.num_perm, seed=c.seed)
-    lsh = MinHashLSH(threshold=c.threshold, num_perm=c.num_perm)
+    try:
+        lsh = MinHashLSH(threshold=c.threshold, num_perm=c.num_perm)
+    except ValueError:  # a threshold so high that one band would do: LSH only finds candidates, Jaccard decides
+        lsh = MinHashLSH(num_perm=c.num_perm, params=(2, c.num_perm // 2))
     kept_mh: dict[int, Any] = {}
     exact: dict[str, int] = {}
     keep = []
@@ -796,7 +803,7 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
         dataset.append(row)
     # lengths for the report: student tokens when a step loaded the tokenizer, else characters
     step = max(1, math.ceil(n_in / HIST_SAMPLE))
-    if ctx._tok is not None:
+    if ctx.tokenizer_loaded:
         unit = f"{cfg.tokenizer} tokens"
         before_len = ctx.count_tokens(raw_lengths_text[::step])
         after_len = ctx.tokens(rows)

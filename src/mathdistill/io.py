@@ -113,8 +113,11 @@ def iter_raw(path: str | Path, tally: Tally, count_blank: bool = False) -> Itera
     elif suffix in (".csv", ".tsv"):
         with p.open("r", encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+            reader.fieldnames  # reads the header
+            start = reader.line_num + 1  # a record's first line (a quoted field may span lines)
             for rec in reader:
-                yield f"{p}:{reader.line_num}", dict(rec)
+                yield f"{p}:{start}", dict(rec)
+                start = reader.line_num + 1
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
