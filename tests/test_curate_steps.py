@@ -146,7 +146,8 @@ def test_words_and_ngrams():
 
 
 def test_dedup_near_duplicates_across_problems(tmp_path):
-    rep, rows = run(tmp_path, steps=CLEAN + ["dedup"], dedup={"threshold": 0.8})
+    # p10/p11: true Jaccard 0.83 over 5-word shingles (MinHash estimates it within a few hundredths)
+    rep, rows = run(tmp_path, steps=CLEAN + ["dedup"], dedup={"threshold": 0.7})
     assert "p10" in kept(rows) and "p11" not in kept(rows)
     assert rep["counts"]["examples"]["dedup: near_duplicate"] == [f"{TRACES}:25: p11 (of {TRACES}:24)"]
     _, rows = run(tmp_path, "strict", steps=CLEAN + ["dedup"], dedup={"threshold": 0.99})
@@ -162,7 +163,7 @@ def test_dedup_exact_duplicates(tmp_path):
 
 
 FULL = dict(steps=CLEAN + ["majority_vote", "verify_answer", "arith_check", "select", "decontaminate", "dedup"],
-            formats=["alpaca_json", "alpaca_jsonl", "sharegpt", "messages", "parquet"], dedup={"threshold": 0.8}, plot=True)
+            formats=["alpaca_json", "alpaca_jsonl", "sharegpt", "messages", "parquet"], dedup={"threshold": 0.7}, plot=True)
 
 
 def test_same_input_and_config_same_bytes(tmp_path):

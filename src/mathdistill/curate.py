@@ -36,10 +36,10 @@ from .generate import split_think
 from .io import Tally, file_sha256, iter_raw, package_versions, write_dataset_files, write_json
 from .progress import bar, info
 from .prompts import instruction_for
-from .records import Example, FieldMap, Problem, Trace, detect_lang, read_problems, stable_id
+from .records import FieldMap, Problem, detect_lang, read_problems, stable_id
 
 SEED_STEPS = ["strip_think", "drop_empty"]
-HIST_SAMPLE = 20_000  # rows tokenized for the "before" length histogram (every k-th row beyond this)
+HIST_SAMPLE = 5_000  # rows measured for the "before" length histogram (every k-th row beyond this)
 TOKENIZE_BATCH = 1024  # texts per tokenizer call
 
 
@@ -53,7 +53,6 @@ class TraceFields(StageConfig):
     reasoning_field: str = Field("reasoning", description="field with the teacher's separate reasoning, if any")
     finish_reason_field: str = Field("finish_reason", description="field with the stop reason (length = truncated)")
     sample_field: str = Field("sample", description="field with the sample index (numbered in file order when absent)")
-    teacher_field: str = Field("teacher", description="field with the teacher's name")
     question_field: str = Field("question", description="a trace that carries its own question: used when its "
                                                         "problem id is not in the problems files (or none are given)")
     answer_field: str = Field("answer", description="reference answer carried by such a trace")
@@ -173,7 +172,9 @@ class CurateConfig(StageConfig):
 class Row:
     idx: int  # position in the traces file (ties are broken by it: deterministic)
     where: str  # file:line of the trace
-    trace: Trace
+    pid: str  # the trace's problem id
+    sample: int  # the trace's sample index
+    finish_reason: str | None
     problem: Problem
     output: str  # the visible answer, as the steps leave it
     reasoning: str | None = None
@@ -219,11 +220,15 @@ class Ctx:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         tok = self.tokenizer()
+        fast = getattr(tok, "backend_tokenizer", None)  # the Rust tokenizer: same ids, no Python lists per text
         out: list[int] = []
         with bar("tokenize", total=len(texts), unit="row") as b:
             for i in range(0, len(texts), TOKENIZE_BATCH):
                 chunk = texts[i: i + TOKENIZE_BATCH]
-                out.extend(len(ids) for ids in tok(chunk, add_special_tokens=False)["input_ids"])
+                if fast is not None:
+                    out.extend(len(e.ids) for e in fast.encode_batch(chunk, add_special_tokens=False))
+                else:
+                    out.extend(len(ids) for ids in tok(chunk, add_special_tokens=False)["input_ids"])
                 b.advance(len(chunk))
         return out
 
@@ -236,7 +241,7 @@ class Ctx:
 
 
 def _drop(ctx: Ctx, reason: str, r: Row, detail: str = "") -> None:
-    ctx.tally.add(reason, f"{r.where}: {r.trace.problem_id}" + (f" ({detail})" if detail else ""))
+    ctx.tally.add(reason, f"{r.where}: {r.pid}" + (f" ({detail})" if detail else ""))
 
 
 def _groups(rows: list[Row]) -> dict[str, list[Row]]:
@@ -253,7 +258,7 @@ def _strip_think(rows: list[Row], ctx: Ctx) -> list[Row]:
     for r in rows:
         low = r.output.lower()
         if "<think>" in low and "</think>" not in low:
-            ctx.tally.add("strip_think: unclosed_think", f"{r.where}: {r.trace.problem_id}")
+            ctx.tally.add("strip_think: unclosed_think", f"{r.where}: {r.pid}")
         reasoning, content = split_think(r.output)
         if reasoning is not None or content != r.output.strip():
             ctx.tally.add("strip_think: modified")
@@ -277,7 +282,7 @@ def _drop_empty(rows: list[Row], ctx: Ctx) -> list[Row]:
 def _drop_truncated(rows: list[Row], ctx: Ctx) -> list[Row]:
     keep = []
     for r in rows:
-        if (r.trace.finish_reason or "").lower() == "length":
+        if (r.finish_reason or "").lower() == "length":
             _drop(ctx, "drop_truncated: removed", r)
         else:
             keep.append(r)
@@ -394,7 +399,7 @@ def _arith_check(rows: list[Row], ctx: Ctx) -> list[Row]:
         if ctx.cfg.arith_check.action == "drop":
             _drop(ctx, "arith_check: wrong_step", r, detail)
         else:
-            ctx.tally.add("arith_check: wrong_step_kept", f"{r.where}: {r.trace.problem_id} ({detail})")
+            ctx.tally.add("arith_check: wrong_step_kept", f"{r.where}: {r.pid} ({detail})")
             keep.append(r)
     return keep
 
@@ -407,7 +412,7 @@ def _select(rows: list[Row], ctx: Ctx) -> list[Row]:
     chosen: set[int] = set()
     for group in _groups(rows).values():
         if c.mode == "shortest":
-            group = sorted(group, key=lambda r: (length[id(r)], r.trace.sample, r.idx))
+            group = sorted(group, key=lambda r: (length[id(r)], r.sample, r.idx))
         chosen.update(id(r) for r in group[: c.k])
     keep = []
     for r in rows:
@@ -486,8 +491,26 @@ def _dedup_text(r: Row, key: str, keep_think: bool) -> str:
     return r.problem.question + "\n" + r.text(keep_think)
 
 
-def _dedup(rows: list[Row], ctx: Ctx) -> list[Row]:
+def shingle_hashes(ws: list[str], k: int, cache: dict[str, int]) -> "np.ndarray":
+    """32-bit hashes of the k-word shingles of ``ws`` (sorted, unique): each word is hashed once (xxh32,
+    cached), a shingle's hash combines its words' (mod 2**64), then is cut to 32 bits for MinHash's
+    affine32 scheme, which pre-mixes its inputs (see datasketch.minhash._fmix)."""
+    import numpy as np
     import xxhash
+
+    if not ws:
+        return np.zeros(0, dtype=np.uint64)
+    hs = np.fromiter((cache[w] if w in cache else cache.setdefault(w, xxhash.xxh32_intdigest(w.encode())) for w in ws),
+                     dtype=np.uint64, count=len(ws))
+    k = min(k, len(hs))
+    n = len(hs) - k + 1
+    acc = np.zeros(n, dtype=np.uint64)
+    for j in range(k):
+        acc = acc * np.uint64(1_000_003) + hs[j: j + n]
+    return np.unique(acc & np.uint64(0xFFFFFFFF))
+
+
+def _dedup(rows: list[Row], ctx: Ctx) -> list[Row]:
     from datasketch import MinHash, MinHashLSH
 
     c = ctx.cfg.dedup
@@ -498,6 +521,7 @@ def _dedup(rows: list[Row], ctx: Ctx) -> list[Row]:
         lsh = MinHashLSH(num_perm=c.num_perm, params=(2, c.num_perm // 2))
     kept_mh: dict[int, Any] = {}
     exact: dict[str, int] = {}
+    cache: dict[str, int] = {}
     keep = []
     with bar("dedup", total=len(rows), unit="row") as b:
         for i, r in enumerate(rows):
@@ -507,9 +531,8 @@ def _dedup(rows: list[Row], ctx: Ctx) -> list[Row]:
                 _drop(ctx, "dedup: exact_duplicate", r, f"of {rows[exact[norm]].where}")
                 continue
             m = MinHash(num_perm=c.num_perm, seed=c.seed, permutations=base.permutations, scheme=base.scheme,
-                        hashfunc=xxhash.xxh32_intdigest)
-            shingles = {" ".join(ws[j: j + c.shingle]).encode() for j in range(max(1, len(ws) - c.shingle + 1))}
-            m.update_batch(sorted(shingles))
+                        hashfunc=int)  # the inputs are hashes already
+            m.update_batch(shingle_hashes(ws, c.shingle, cache))
             dup = next((k for k in sorted(lsh.query(m)) if kept_mh[k].jaccard(m) >= c.threshold), None)
             if dup is not None:
                 _drop(ctx, "dedup: near_duplicate", r, f"of {rows[dup].where}")
@@ -617,10 +640,7 @@ def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str |
                 tally.add(f"bad_field: {f.sample_field}", f"{where}: {sample!r} (numbered in file order)")
             sample = samples.get(pid, 0)
         samples[pid] = max(samples.get(pid, 0), sample + 1)
-        teacher, _ = _text_field(rec, f.teacher_field, where, tally)
-        t = Trace.model_construct(problem_id=pid, teacher=teacher or "unknown", sample=sample, reasoning=reasoning,
-                                  content=content, finish_reason=finish)
-        rows.append(Row(len(rows), where, t, p, _clean_text(content, tally),
+        rows.append(Row(len(rows), where, pid, sample, finish, p, _clean_text(content, tally),
                         _clean_text(reasoning, tally) if reasoning else None))
     return rows
 
@@ -780,9 +800,11 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
     ctx = Ctx(cfg, tally, eval_paths)
     n_in = len(rows)
     raw_lengths_text = [r.text(cfg.keep_think) for r in rows]  # "before": as read, think tags and all
+    lang_of: dict[str, str] = {}  # problem id -> "en" | "zh", by the question's script
     langs_in: dict[str, int] = {}
     for r in rows:
-        langs_in[detect_lang(r.problem.question)] = langs_in.get(detect_lang(r.problem.question), 0) + 1
+        lang = lang_of.get(r.problem.id) or lang_of.setdefault(r.problem.id, detect_lang(r.problem.question))
+        langs_in[lang] = langs_in.get(lang, 0) + 1
     per_step = []
     timing: dict[str, float] = {"read": round(time.monotonic() - t_start, 2)}
     for name in cfg.steps:
@@ -795,12 +817,14 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
     dataset = []
     for r in rows:
         p = r.problem
-        lang = detect_lang(p.question)
-        row = Example(instruction=instruction_for(lang), input=p.question, output=r.text(cfg.keep_think),
-                      problem_id=p.id, source=p.source, lang=lang).model_dump()
+        lang = lang_of[p.id]
+        row = {"instruction": instruction_for(lang), "input": p.question, "output": r.text(cfg.keep_think),
+               "problem_id": p.id, "source": p.source, "lang": lang}  # records.Example, as a plain dict
         if r.label is not None:
             row["answer"], row["agreement"] = r.label, r.agreement
         dataset.append(row)
+    timing["rows"] = round(time.monotonic() - t, 2)
+    t = time.monotonic()
     # lengths for the report: student tokens when a step loaded the tokenizer, else characters
     step = max(1, math.ceil(n_in / HIST_SAMPLE))
     if ctx.tokenizer_loaded:
@@ -811,6 +835,8 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
         unit = "characters"
         before_len = [len(s) for s in raw_lengths_text[::step]]
         after_len = [len(d["output"]) for d in dataset]
+    timing["lengths"] = round(time.monotonic() - t, 2)
+    t = time.monotonic()
     report: dict[str, Any] = {
         "rows_in": n_in, "rows_out": len(dataset), "steps": per_step, "counts": tally.to_dict(),
         "languages_in": dict(sorted(langs_in.items())),
@@ -821,7 +847,8 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
         "agreement": _agreement_report(ctx.agreement),
         "grader": ctx.grade.to_dict(),
         "files": {},
-        "inputs": {str(p): file_sha256(p) for p in [Path(traces_path), *map(Path, problems_paths), *eval_paths]},
+        "inputs": {str(p): file_sha256(p) for p in [Path(traces_path), *map(Path, problems_paths),
+                                                    *(eval_paths if "decontaminate" in cfg.steps else [])]},
         "config": cfg.model_dump(mode="json"),
         "versions": package_versions(),
     }

@@ -184,6 +184,27 @@ def write_json(path: str | Path, obj: Any) -> None:
         raise
 
 
+def write_json_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """A JSON array with one compact object per line, written atomically; much faster than ``indent``
+    for 100k rows (the C encoder) and still valid JSON for any reader. Returns the count."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("[")
+            for r in rows:
+                fh.write(("\n" if n == 0 else ",\n") + json.dumps(r, ensure_ascii=False))
+                n += 1
+            fh.write("\n]\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
 def write_parquet(path: str | Path, rows: list[dict[str, Any]]) -> int:
     """Rows (dicts with the same keys) as one Parquet file, written atomically. Returns the count."""
     import pyarrow as pa
@@ -243,11 +264,11 @@ def write_dataset_files(rows: list[dict[str, Any]], out: str | Path, name: str, 
     for i, fmt in enumerate(formats):
         fname, entry = DATASET_FORMATS[fmt]
         if fmt == "alpaca_json":
-            write_json(out / fname, rows)
+            write_json_rows(out / fname, rows)
         elif fmt == "alpaca_jsonl":
             write_jsonl(out / fname, rows)
         elif fmt == "sharegpt":
-            write_json(out / fname, [to_sharegpt(r) for r in rows])
+            write_json_rows(out / fname, (to_sharegpt(r) for r in rows))
         elif fmt == "messages":
             write_jsonl(out / fname, (to_messages(r) for r in rows))
         elif fmt == "parquet":
