@@ -154,6 +154,45 @@ def test_dedup_near_duplicates_across_problems(tmp_path):
     assert "p11" in kept(rows)  # not similar enough at 0.99
 
 
+def test_dedup_keeps_what_datasketch_minhashlsh_keeps(tmp_path):
+    """Our band index must find the same near duplicates as datasketch's MinHashLSH + MinHash.jaccard."""
+    import random
+
+    from datasketch import MinHash, MinHashLSH
+
+    from mathdistill.curate import shingle_hashes
+
+    rng = random.Random(3)
+    vocab = sorted({"".join(rng.choice("abcdefghij") for _ in range(5)) for _ in range(300)})  # words() keeps them whole
+    docs = []
+    for i in range(240):
+        if i >= 40 and rng.random() < 0.4:  # a copy of an earlier document with 1-3 words changed
+            d = list(docs[rng.randrange(len(docs))])
+            for _ in range(rng.randint(1, 3)):
+                d[rng.randrange(len(d))] = rng.choice(vocab)
+        else:
+            d = [rng.choice(vocab) for _ in range(rng.randint(60, 90))]
+        docs.append(d)
+    probs = [{"id": f"q{i}", "question": f"question {i}", "answer": "1"} for i in range(len(docs))]
+    traces = [{"problem_id": f"q{i}", "teacher": "t", "content": " ".join(d)} for i, d in enumerate(docs)]
+    from conftest import write_jsonl
+
+    pp, tp = write_jsonl(tmp_path / "p.jsonl", probs), write_jsonl(tmp_path / "t.jsonl", traces)
+    curate(CurateConfig(steps=["dedup"], dedup={"key": "output", "threshold": 0.7}, plot=False), tp, [pp], tmp_path / "o")
+    ours = [r["problem_id"] for r in json.loads((tmp_path / "o" / "dataset.json").read_text())]
+
+    lsh, kept, ref = MinHashLSH(threshold=0.7, num_perm=128), {}, []
+    for i, h in enumerate(shingle_hashes(docs, 5)):
+        m = MinHash(num_perm=128, seed=1, hashfunc=int)
+        m.update_batch(h)
+        if any(kept[j].jaccard(m) >= 0.7 for j in lsh.query(m)):
+            continue
+        lsh.insert(i, m)
+        kept[i] = m
+        ref.append(f"q{i}")
+    assert ours == ref and 140 < len(ref) < 220, len(ref)  # many copies removed, not all
+
+
 def test_dedup_exact_duplicates(tmp_path):
     traces = tmp_path / "t.jsonl"
     line = json.dumps({"problem_id": "p01", "teacher": "t", "content": "3 + 5 = 8\nThe answer is 8."})

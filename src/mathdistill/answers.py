@@ -216,9 +216,14 @@ _EN_PHRASE = re.compile(
 _ZH_PHRASE = re.compile(r"(?:最终答案|最后答案|答案)\s*(?:\*\*)?\s*(?:应该是|应为|是|为|[:=])\s*(?:\*\*)?\s*:?|最终答案")
 _HASHES = re.compile(r"####\s*")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|\\left|\\right|~")
+_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|\\left|\\right")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _MARKDOWN = re.compile(r"\*\*|__|`")
+_SIMPLE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*[.。]?\s*")
+_DELIMS = re.compile(r"\\\(|\\\)|\\\[|\\\]")
+_DIGIT_OR_TEX = re.compile(r"\d|\\")
+_PAREN = re.compile(r"\(\s*([^(),]+?)\s*\)")
+_RELATION = re.compile(r"[<>]=|\\[lg]eq?|\\neq")
 _DOLLARS = re.compile(r"\$+([^$]*)\$+")
 _DOLLARS_TEX = re.compile(r"\$+([^$]*[\\^{_][^$]*)\$+")
 _TRAIL = " \t.。;；,，!！:：、"
@@ -245,10 +250,16 @@ def clean_answer(span: str | None) -> str | None:
     if span is None:
         return None
     s = to_ascii(span)[:MAX_ANSWER_CHARS]
-    s = _MARKDOWN.sub("", _unwrap(s))
-    s = s.replace("\\%", "%").replace("\\$", "$").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = _DEGREE.sub("", _SPACING.sub(" ", s))
-    s = re.sub(r"\\\(|\\\)|\\\[|\\\]", " ", s)
+    simple = _SIMPLE.fullmatch(s)
+    if simple:  # "72", "42.", "-5": most answers, no cleaning needed
+        return simple.group(1)
+    if "\\" in s:
+        s = _unwrap(s).replace("\\%", "%").replace("\\$", "$").replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+        s = _DELIMS.sub(" ", _SPACING.sub(" ", s))
+    if "*" in s or "_" in s or "`" in s:
+        s = _MARKDOWN.sub("", s)
+    if "~" in s or "\xb0" in s or "\\" in s:
+        s = _DEGREE.sub("", s.replace("~", " "))
     s = s.strip().strip(_TRAIL)
     # $...$ math delimiters around the whole span or around LaTeX at its start; a "$" before a
     # number is a currency sign (_PLAIN reads it)
@@ -256,11 +267,11 @@ def clean_answer(span: str | None) -> str | None:
     if m:
         s = m.group(1)
     s = s.strip().strip(_TRAIL)
-    if "=" in s and not re.search(r"[<>]=|\\[lg]eq?|\\neq", s):
+    if "=" in s and not _RELATION.search(s):
         s = s.rsplit("=", 1)[1].strip().strip(_TRAIL)  # "x = 5", "3 + 5 = 8" -> the right side
     if not s:
         return None
-    paren = re.fullmatch(r"\(\s*([^(),]+?)\s*\)", s)
+    paren = _PAREN.fullmatch(s)
     if paren:
         s = paren.group(1)  # "(8)", "(B)"; not "(1, 2)", an interval or a point
     m = _PLAIN.match(s)
@@ -305,7 +316,7 @@ def _accept(ans: str | None) -> bool:
     """A phrase's answer counts when it has a digit or LaTeX, or is short text ("John", "B", "小明")."""
     if ans is None:
         return False
-    return bool(re.search(r"\d|\\", ans)) or len(ans.split()) <= 3 and len(ans) <= 24
+    return bool(_DIGIT_OR_TEX.search(ans)) or (len(ans.split()) <= 3 and len(ans) <= 24)
 
 
 def last_number(text: str) -> str | None:
@@ -338,7 +349,9 @@ def extract_answer(text: str | None) -> str | None:
         ans = clean_answer(boxed)
         if ans is not None:
             return ans
-    for pat in (_HASHES, _EN_PHRASE, _ZH_PHRASE):
+    for pat, needle in ((_HASHES, "####"), (_EN_PHRASE, "nswer"), (_ZH_PHRASE, "答案")):
+        if needle not in text and not (needle == "nswer" and "NSWER" in text):
+            continue  # a substring test is much cheaper than the regex scan
         hits = list(pat.finditer(text))
         for m in reversed(hits[-3:]):  # the last one that holds an answer
             ans = clean_answer(_after(text, m))
@@ -361,6 +374,7 @@ def as_answer(s: str) -> str | None:
 _CANON_DROP = re.compile(r"\s+|\\!|\\,|\\;|\\ |\\left|\\right|\{\}")
 
 
+@lru_cache(maxsize=1 << 16)
 def _canon(s: str) -> str:
     return _CANON_DROP.sub("", s).rstrip(".").lower()
 
