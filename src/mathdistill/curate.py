@@ -193,7 +193,7 @@ class Row:
         return self._text
 
     def changed(self) -> None:
-        self._text = self._tokens = None
+        self._text = self._tokens = self.answer = None
 
 
 @dataclass
