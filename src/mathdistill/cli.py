@@ -125,20 +125,27 @@ def generate_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p
 
 
 @app.command("curate")
-def curate_cmd(traces: Path = typer.Option(..., "--traces", "-t", help="Trace JSONL from generate"),
-               problems: list[Path] = typer.Option(..., "--problems", "-p", help="Problem file(s) the traces refer to"),
-               out: Path = typer.Option(..., "--out", "-o", help="folder for dataset.json and dataset_info.json"),
+def curate_cmd(traces: Path = typer.Option(..., "--traces", "-t", help="Trace file from generate, or your own export (JSONL, JSON, CSV, Parquet)"),
+               problems: Optional[list[Path]] = typer.Option(None, "--problems", "-p", help="Problem file(s) the traces refer to (repeatable; optional when each trace carries its question)"),
+               out: Path = typer.Option(..., "--out", "-o", help="folder for the training files, dataset_info.json and curate_report.*"),
+               eval_problems: Optional[list[Path]] = typer.Option(None, "--eval-problems", "-e", help="eval problem file(s) for the decontaminate step (repeatable)"),
+               steps: Optional[str] = typer.Option(None, "--steps", help="comma-separated; " + h(CurateConfig, "steps")),
+               formats: Optional[str] = typer.Option(None, "--format", help="comma-separated; " + h(CurateConfig, "formats")),
+               tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help=h(CurateConfig, "tokenizer")),
                keep_think: Optional[bool] = typer.Option(None, "--keep-think/--strip-think", help=h(CurateConfig, "keep_think")),
                config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
                sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
-    """Curate traces into Alpaca training rows; every step counts what it removed."""
+    """Curate traces into training rows (verify, vote, select, filter, decontaminate, dedup); every step counts
+    what it removed, in curate_report.json/.md/.png."""
     from .curate import curate
 
     check_readable(traces, "traces file")
-    for p in problems:
+    for p in [*(problems or []), *(eval_problems or [])]:
         check_readable(p, "problems file")
-    cfg = stage_config(CurateConfig, "curate", config, preset, sets, {"keep_think": keep_think})
-    curate(cfg, traces, problems, prepare_out_dir(out, overwrite))
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v is not None else None  # noqa: E731
+    cfg = stage_config(CurateConfig, "curate", config, preset, sets,
+                       {"keep_think": keep_think, "steps": split(steps), "formats": split(formats), "tokenizer": tokenizer})
+    curate(cfg, traces, problems or [], prepare_out_dir(out, overwrite), eval_problems=eval_problems or [])
 
 
 @app.command("train")

@@ -69,19 +69,23 @@ def check_readable(path: str | Path, what: str = "input file") -> Path:
     return p
 
 
-def iter_raw(path: str | Path, tally: Tally) -> Iterator[tuple[str, dict[str, Any]]]:
+def iter_raw(path: str | Path, tally: Tally, count_blank: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(where, record)`` for every row of a JSONL/JSON/CSV/Parquet file.
 
     ``where`` is ``file:line`` (JSONL, CSV) or ``file:#index`` (JSON arrays, Parquet).
-    Lines that are not a JSON object are counted under ``bad_json`` / ``not_an_object``.
+    Lines that are not a JSON object are counted under ``bad_json`` / ``not_an_object``; with
+    ``count_blank``, empty lines too (``blank_line``). A BOM, CRLF line ends and a BOM left in the
+    middle of concatenated exports are read as if absent.
     """
     p = check_readable(path)
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".ndjson") or (suffix == ".json" and _looks_like_jsonl(p)):
         with p.open("r", encoding="utf-8-sig", errors="replace", newline=None) as fh:
             for lineno, line in enumerate(fh, 1):
-                line = line.strip()
+                line = line.strip().lstrip("\ufeff")
                 if not line:
+                    if count_blank:
+                        tally.add("blank_line", f"{p}:{lineno}")
                     continue  # blank lines are not records
                 where = f"{p}:{lineno}"
                 try:
@@ -109,14 +113,23 @@ def iter_raw(path: str | Path, tally: Tally) -> Iterator[tuple[str, dict[str, An
     elif suffix in (".csv", ".tsv"):
         with p.open("r", encoding="utf-8-sig", newline="") as fh:
             reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+            reader.fieldnames  # reads the header
+            start = reader.line_num + 1  # a record's first line (a quoted field may span lines)
             for rec in reader:
-                yield f"{p}:{reader.line_num}", dict(rec)
+                yield f"{p}:{start}", dict(rec)
+                start = reader.line_num + 1
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(p)
-        for i, rec in enumerate(table.to_pylist()):
-            yield f"{p}:#{i}", rec
+        try:
+            pf = pq.ParquetFile(p)
+        except Exception as e:  # noqa: BLE001 - pyarrow raises several types for a bad file
+            raise UserError(f"{p}: not a readable Parquet file ({e})") from None
+        i = 0
+        for batch in pf.iter_batches(batch_size=8192):
+            for rec in batch.to_pylist():
+                yield f"{p}:#{i}", rec
+                i += 1
     else:
         raise UserError(f"{p}: unknown file type {suffix!r}; use .jsonl, .json, .csv or .parquet")
 
@@ -157,13 +170,116 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any] | Any]) -> int:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
+    """Pretty UTF-8 JSON, written atomically (temp file + rename)."""
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, ensure_ascii=False, indent=2, default=str)
-        fh.write("\n")
-    os.replace(tmp, p)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, ensure_ascii=False, indent=2, default=str)
+            fh.write("\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> int:
+    """A JSON array with one compact object per line, written atomically; much faster than ``indent``
+    for 100k rows (the C encoder) and still valid JSON for any reader. Returns the count."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    n = 0
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write("[")
+            for r in rows:
+                fh.write(("\n" if n == 0 else ",\n") + json.dumps(r, ensure_ascii=False))
+                n += 1
+            fh.write("\n]\n")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return n
+
+
+def write_parquet(path: str | Path, rows: list[dict[str, Any]]) -> int:
+    """Rows (dicts with the same keys) as one Parquet file, written atomically. Returns the count."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        pq.write_table(pa.Table.from_pylist(rows), tmp, compression="zstd")
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return len(rows)
+
+
+# ------------------------------------------------------------------------------ training-set files
+# Each format: the file it writes and the dataset_info.json entry LLaMA-Factory reads it with.
+
+ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+DATASET_FORMATS = {
+    "alpaca_json": ("dataset.json", {"formatting": "alpaca", "columns": ALPACA_COLUMNS}),
+    "alpaca_jsonl": ("dataset.jsonl", {"formatting": "alpaca", "columns": ALPACA_COLUMNS}),
+    "sharegpt": ("dataset_sharegpt.json", {"formatting": "sharegpt",
+                                           "columns": {"messages": "conversations", "system": "system"}}),
+    "messages": ("dataset_messages.jsonl", {"formatting": "sharegpt", "columns": {"messages": "messages"},
+                                            "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user",
+                                                     "assistant_tag": "assistant", "system_tag": "system"}}),
+    "parquet": ("dataset.parquet", {"formatting": "alpaca", "columns": ALPACA_COLUMNS}),
+}
+PROVENANCE = ("problem_id", "source", "lang", "answer", "agreement")  # kept beside the text in every format
+
+
+def to_sharegpt(row: dict[str, Any]) -> dict[str, Any]:
+    """An Alpaca row as ShareGPT: the instruction is the system prompt, the question the human turn."""
+    return {"conversations": [{"from": "human", "value": row["input"]}, {"from": "gpt", "value": row["output"]}],
+            "system": row["instruction"], **{k: row[k] for k in PROVENANCE if k in row}}
+
+
+def to_messages(row: dict[str, Any]) -> dict[str, Any]:
+    """An Alpaca row as chat ``messages`` (system, user, assistant), as TRL and OpenAI fine-tuning read."""
+    return {"messages": [{"role": "system", "content": row["instruction"]}, {"role": "user", "content": row["input"]},
+                         {"role": "assistant", "content": row["output"]}],
+            **{k: row[k] for k in PROVENANCE if k in row}}
+
+
+def write_dataset_files(rows: list[dict[str, Any]], out: str | Path, name: str, formats: Iterable[str]) -> dict[str, str]:
+    """Write Alpaca ``rows`` in each of ``formats`` and a ``dataset_info.json`` naming them all.
+
+    The first format is registered as ``name``, the others as ``name_<format>``. Returns format -> file name.
+    """
+    out = Path(out)
+    info: dict[str, Any] = {}
+    files: dict[str, str] = {}
+    for i, fmt in enumerate(formats):
+        fname, entry = DATASET_FORMATS[fmt]
+        if fmt == "alpaca_json":
+            write_json_rows(out / fname, rows)
+        elif fmt == "alpaca_jsonl":
+            write_jsonl(out / fname, rows)
+        elif fmt == "sharegpt":
+            write_json_rows(out / fname, (to_sharegpt(r) for r in rows))
+        elif fmt == "messages":
+            write_jsonl(out / fname, (to_messages(r) for r in rows))
+        elif fmt == "parquet":
+            cols = ["instruction", "input", "output", *PROVENANCE]
+            write_parquet(out / fname, [{c: r.get(c) for c in cols} for r in rows])
+        else:  # pragma: no cover - the config restricts the names
+            raise UserError(f"unknown dataset format {fmt!r}; known: {', '.join(DATASET_FORMATS)}")
+        info[name if i == 0 else f"{name}_{fmt}"] = {"file_name": fname, **entry}
+        files[fmt] = fname
+    write_json(out / "dataset_info.json", info)
+    return files
 
 
 def read_json(path: str | Path) -> Any:

@@ -118,14 +118,14 @@ def model_bytes(spec: ModelSpec) -> int:
 
 def _converted_gguf(spec: ModelSpec) -> Path:
     """Dequantize a GGUF once into an fp32 safetensors folder under the cache (atomic rename)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     g = Path(spec.path) / spec.gguf_file
     key = f"{g.stem}-{file_sha256(g, limit=1 << 24)[:12]}-{g.stat().st_size}"
     dest = home() / "models" / key
     if (dest / "config.json").is_file():
-        return dest
+        return dest  # converted already: no torch import (curate only needs the tokenizer)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     info(f"converting {g.name} to fp32 safetensors once (cached in {dest}) ...")
     tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -50,7 +50,8 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, overwrite: bool = Fal
 
     timed("problems", problems, cfg.problems, out / "problems")
     timed("generate", generate, cfg.generate, out / "problems" / "train.jsonl", out / "generate")
-    timed("curate", curate, cfg.curate, out / "generate" / "traces.jsonl", [out / "problems" / "train.jsonl"], out / "curate")
+    timed("curate", curate, cfg.curate, out / "generate" / "traces.jsonl", [out / "problems" / "train.jsonl"], out / "curate",
+          eval_problems=[out / "problems" / "eval.jsonl"])  # for the decontaminate step, when it is on
     timed("train", train, cfg.train, out / "curate" / "dataset.json", out / "train")
     eval_file = out / "problems" / "eval.jsonl"
     results: dict[str, Any] = {}
