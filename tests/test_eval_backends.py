@@ -14,27 +14,33 @@ from mathdistill.records import Problem
 
 
 def scripted_model(folder):
-    """The tiny Llama, but each row writes a fixed script chosen by its prompt's last token (greedy picks it)."""
+    """The tiny Llama, but each row writes a fixed script chosen by its prompt's last token (greedy picks it).
+
+    A row is recognised by its left padding (which survives the removal of finished rows from a batch), and
+    its step by the attention mask's length, so the script holds however the batch is generated."""
     from transformers import LlamaForCausalLM
 
     class Scripted(LlamaForCausalLM):
         scripts: dict = {}
         default: list = []
 
-        def forward(self, input_ids=None, **kw):
+        def forward(self, input_ids=None, attention_mask=None, **kw):
             cache = kw.get("cache", kw.get("past_key_values"))  # renamed in transformers 5
-            prefill = cache is None or cache.get_seq_length() == 0
-            out = super().forward(input_ids=input_ids, **kw)
-            if prefill:  # pick each row's script, restart the clock
-                self.rows = [self.scripts.get(int(r[-1]), self.default) for r in input_ids]
-                self.t = 0
-            else:
-                self.t += 1
+            seen = 0 if cache is None else cache.get_seq_length()
+            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
+            # generate leaves the mask out when nothing is padded
+            pads = [0] * input_ids.shape[0] if attention_mask is None else (attention_mask == 0).sum(-1).tolist()
+            total = seen + input_ids.shape[1]
+            if seen == 0:  # prefill
+                self.by_pad = {n: self.scripts.get(int(r[-1]), self.default) for n, r in zip(pads, input_ids)}
+                assert len(self.by_pad) == len(pads), "prompts of one batch need distinct token lengths"
+                self.plen = total
+            t = total - self.plen  # tokens generated so far
             logits = out.logits
-            for r, script in enumerate(self.rows):
-                nxt = script[min(self.t, len(script) - 1)]
+            for r, n in enumerate(pads):
+                script = self.by_pad[n]
                 logits[r, -1, :] = -1e9
-                logits[r, -1, nxt] = 0.0
+                logits[r, -1, script[min(t, len(script) - 1)]] = 0.0
             return out
 
     m = Scripted.from_pretrained(str(folder), dtype=torch.float32)
@@ -78,10 +84,12 @@ def test_stop_rules_and_token_counts(scripted, batch_size):
     assert (d.output, d.tokens, d.finish_reason) == ("", 1, "stop")
 
 
-def test_batched_equals_one_at_a_time_with_stops(scripted):
+@pytest.mark.parametrize("prune_every", [None, 1, 3])
+def test_batched_equals_one_at_a_time_with_stops(scripted, prune_every):
+    """Finished rows leave the batch every `prune_every` tokens (None: never); nothing else changes."""
     m, tok, _ = scripted
-    one = generate_batched(m, tok, PROMPTS, max_new_tokens=20, batch_size=1)
-    many = generate_batched(m, tok, PROMPTS, max_new_tokens=20, batch_size=4)
+    one = generate_batched(m, tok, PROMPTS, max_new_tokens=20, batch_size=1, prune_every=None)
+    many = generate_batched(m, tok, PROMPTS, max_new_tokens=20, batch_size=6, prune_every=prune_every)
     assert [(g.output, g.tokens, g.finish_reason) for g in one] == [(g.output, g.tokens, g.finish_reason) for g in many]
 
 
@@ -99,9 +107,12 @@ def test_random_model_batched_equals_unbatched(tiny_model):
             if p.dim() == 2:
                 p.mul_(8.0)
     prompts = ["State the final answer: " + "1 + " * i + "1 =" for i in range(7)] + ["John has 35 apples.", "小明有 3 个苹果"]
-    one = generate_batched(model, tok, prompts, max_new_tokens=12, batch_size=1)
+    one = generate_batched(model, tok, prompts, max_new_tokens=12, batch_size=1, prune_every=None)
     many = generate_batched(model, tok, prompts, max_new_tokens=12, batch_size=9)
     assert [(g.output, g.tokens) for g in one] == [(g.output, g.tokens) for g in many]
+    pruned = generate_batched(model, tok, prompts, max_new_tokens=12, batch_size=9, stop_at_answer=False, prune_every=2)
+    whole = generate_batched(model, tok, prompts, max_new_tokens=12, batch_size=9, stop_at_answer=False, prune_every=None)
+    assert [(g.output, g.tokens) for g in pruned] == [(g.output, g.tokens) for g in whole]
     assert len({g.output for g in one}) > 1, "prompts should give different outputs, or the test proves little"
 
 

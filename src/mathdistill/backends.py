@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .evaluate import EvalConfig
 
 TAIL_TOKENS = 24  # the answer-complete check decodes this many trailing tokens per step (an answer fits)
+PRUNE_EVERY = 8  # tokens generated between two removals of finished sequences from a batch
 
 _DONE = [
     re.compile(r"####\s*-?[\d,]*\.?\d+\s*[^\d.,\s/]"),
@@ -165,16 +166,33 @@ class TransformersBackend(Backend):
                                 self.cfg.stop_at_answer)
 
 
+def _cache_kwarg() -> str:
+    """``generate``'s name for a KV cache passed in (``cache`` since transformers 5.x, ``past_key_values`` before)."""
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+
+        return "cache" if "cache" in ALL_CACHE_NAMES else "past_key_values"
+    except ImportError:
+        return "past_key_values"
+
+
 def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int,
-                     stop_at_answer: bool = True, desc: str = "eval") -> list[Generation]:
-    """Greedy generation, ``batch_size`` prompts at a time grouped by token length (left padding, KV cache)."""
+                     stop_at_answer: bool = True, desc: str = "eval", prune_every: int | None = PRUNE_EVERY) -> list[Generation]:
+    """Greedy generation, ``batch_size`` prompts at a time grouped by token length (left padding, KV cache).
+
+    ``model.generate`` keeps computing a sequence after it has stopped (it only pads it), so a batch would run
+    at the pace of its longest answer. Instead the batch is generated ``prune_every`` tokens at a time: between
+    calls, finished sequences leave the batch and the KV cache (``Cache.batch_select_indices``) and ``generate``
+    continues the others from the cache. ``prune_every=None``: one ``generate`` call per batch.
+    """
     import torch
-    from transformers import StoppingCriteriaList
+    from transformers import DynamicCache, StoppingCriteriaList
 
     tok.padding_side = "left"
     enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
     limit = context_limit(model, tok)
     eos_ids = eos_ids_of(model, tok)
+    cache_kw = _cache_kwarg()
     results: list[Generation | None] = [None] * len(prompts)
     todo = []
     for i, ids in enumerate(enc):
@@ -188,22 +206,44 @@ def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_
     with bar(desc, total=len(prompts), unit="problem") as b:
         b.advance(len(prompts) - len(todo))
         for s in range(0, len(order), batch_size):
-            idx = order[s: s + batch_size]
-            budgets = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(enc[i])) for i in idx]
-            batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt", padding=True)
-            plen = batch["input_ids"].shape[1]
-            stop = AnswerStop(tok, plen, budgets, stop_at_answer)
-            with torch.inference_mode():
-                out = model.generate(**batch, max_new_tokens=max(budgets), do_sample=False, num_beams=1,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos_ids),
-                                     stopping_criteria=StoppingCriteriaList([stop]),
-                                     temperature=None, top_p=None, top_k=None)
-            for j, i in enumerate(idx):
-                row = out[j, plen:].tolist()
-                k, reason = finish_row(row, eos_ids, stop.done_at[j], stop.why[j], budgets[j])
-                results[i] = Generation(tok.decode(row[:k], skip_special_tokens=True), k, reason, len(enc[i]))
-                n_tokens += k
-            b.advance(len(idx))
+            rows = order[s: s + batch_size]
+            budgets = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(enc[i])) for i in rows]
+            batch = tok.pad({"input_ids": [enc[i] for i in rows]}, return_tensors="pt", padding=True)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            plen = ids.shape[1]
+            cache = DynamicCache(config=model.config)
+            done = 0  # tokens generated so far by the sequences still in the batch
+            while rows:
+                step = max(budgets) - done if prune_every is None else min(prune_every, max(budgets) - done)
+                stop = AnswerStop(tok, plen, budgets, stop_at_answer)
+                with torch.inference_mode():
+                    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=step, do_sample=False, num_beams=1,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos_ids),
+                                         stopping_criteria=StoppingCriteriaList([stop]), temperature=None, top_p=None,
+                                         top_k=None, **{cache_kw: cache})
+                new = out.shape[1] - plen - done
+                keep = []
+                for j, i in enumerate(rows):
+                    row = out[j, plen:].tolist()
+                    finished = (stop.done_at[j] is not None or any(t in eos_ids for t in row[done:])
+                                or len(row) >= budgets[j] or new < step)
+                    if not finished:
+                        keep.append(j)
+                        continue
+                    k, reason = finish_row(row, eos_ids, stop.done_at[j], stop.why[j], budgets[j])
+                    results[i] = Generation(tok.decode(row[:k], skip_special_tokens=True), k, reason, len(enc[i]))
+                    n_tokens += k
+                    b.advance()
+                done += new
+                if keep and len(keep) < len(rows):
+                    sel = torch.tensor(keep)
+                    cache.batch_select_indices(sel)
+                    out, mask = out[sel], mask[sel]
+                    rows, budgets = [rows[j] for j in keep], [budgets[j] for j in keep]
+                elif not keep:
+                    rows = []
+                ids = out
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], ids.shape[1] - mask.shape[1]))], dim=1)
             b.set_postfix(f"{n_tokens / max(time.monotonic() - t0, 1e-9):.1f} tok/s")
     return results  # type: ignore[return-value]
 

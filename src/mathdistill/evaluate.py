@@ -48,7 +48,7 @@ class EvalConfig(StageConfig):
 
     backend: Literal["transformers", "openai", "vllm"] = Field("transformers", description="generation backend")
     max_new_tokens: int = Field(256, ge=1, description="completion token limit; a chain that hits it is a miss")
-    batch_size: int = Field(16, ge=1, description="prompts per generation batch (transformers backend)")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it)")
     stop_at_answer: bool = Field(True, description="stop a sequence once its final answer is complete")
     limit: int | None = Field(None, ge=1, description="score only the first N problems")
     seed: int = Field(0, description="torch / endpoint seed (generation is greedy; recorded for comparisons)")

@@ -216,8 +216,7 @@ def aggregate(preds: Iterable[dict[str, Any]], model_bytes: int, cfg: ScoreConfi
             "AS": round(full["AS"], 4), "CQS": round(cqs, 4), "ES": round(full["ES"], 4), "MLS": round(full["MLS"], 4),
             "overall": round(overall(full["AS"], cqs, full["ES"], full["MLS"], cfg), 4),
             "mean_tokens": round(full["mean_tokens"], 3), "model_bytes": int(model_bytes), "n": n, "cqs_kind": cqs_kind,
-            "cqs_components": {k: round(scale * sum(float(r["cqs"].get(k) or 0.0) for r in judged) / len(judged), 3)
-                               for k in comps} if judged else {},
+            "cqs_components": _component_means(judged, comps, scale),
             "cqs_missing": n - len(judged),
             "step_accuracy": round(100.0 * steps_ok / steps, 3) if steps else None,
             "truncated": sum(r.get("finish_reason") == "length" for r in rows),
@@ -228,6 +227,16 @@ def aggregate(preds: Iterable[dict[str, Any]], model_bytes: int, cfg: ScoreConfi
     out["interval_method"] = interval_method(cfg)
     fams = sorted({r["source"] for r in preds})
     out["by_family"] = {f: block([r for r in preds if r["source"] == f]) for f in fams}
+    return out
+
+
+def _component_means(rows: list[dict[str, Any]], comps: tuple[str, ...], scale: float) -> dict[str, float]:
+    """Mean of each CQS component (0-100) over the chains that have it."""
+    out = {}
+    for k in comps:
+        vals = [float(r["cqs"][k]) for r in rows if r["cqs"].get(k) is not None]
+        if vals:
+            out[k] = round(scale * sum(vals) / len(vals), 3)
     return out
 
 
