@@ -141,13 +141,13 @@ def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", h
              seed: Optional[int] = typer.Option(None, "--seed", help=h(EvalConfig, "seed")),
              model_bytes: Optional[int] = typer.Option(None, "--model-bytes", help=h(EvalConfig, "model_bytes")),
              cqs: Optional[str] = typer.Option(None, "--cqs", help=h(EvalConfig, "cqs")),
-             judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help=h(JudgeConfig, "base_url")),
-             judge_model: Optional[str] = typer.Option(None, "--judge-model", help=h(JudgeConfig, "model")),
+             judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help=h(JudgeConfig, "base_url").replace("config: ", "config: judge.")),
+             judge_model: Optional[str] = typer.Option(None, "--judge-model", help=h(JudgeConfig, "model").replace("config: ", "config: judge.")),
              predictions: Optional[Path] = typer.Option(None, "--predictions", help="score these outputs (JSONL/JSON/CSV/Parquet, "
                                                         "or a folder with predictions.jsonl) instead of generating"),
-             id_field: Optional[str] = typer.Option(None, "--id-field", help=h(PredictionFields, "id_field")),
-             output_field: Optional[str] = typer.Option(None, "--output-field", help=h(PredictionFields, "output_field")),
-             tokens_field: Optional[str] = typer.Option(None, "--tokens-field", help=h(PredictionFields, "tokens_field")),
+             id_field: Optional[str] = typer.Option(None, "--id-field", help=h(PredictionFields, "id_field").replace("config: ", "config: predictions_fields.")),
+             output_field: Optional[str] = typer.Option(None, "--output-field", help=h(PredictionFields, "output_field").replace("config: ", "config: predictions_fields.")),
+             tokens_field: Optional[str] = typer.Option(None, "--tokens-field", help=h(PredictionFields, "tokens_field").replace("config: ", "config: predictions_fields.")),
              compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="A B: paired difference B - A per score, "
                                                                  "with its interval, of two eval folders (nothing is generated)"),
              config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
