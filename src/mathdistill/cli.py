@@ -16,9 +16,10 @@ from .config import StageConfig, deep_merge, load_config, parse_overrides, read_
 from .errors import PartialRun, UserError
 from .io import check_readable, prepare_out_dir
 from .curate import CurateConfig
-from .evaluate import EvalConfig
+from .evaluate import EvalConfig, PredictionFields
 from .export import ExportConfig
 from .generate import GenerateConfig
+from .judge import JudgeConfig
 from .problems import ProblemsConfig
 from .progress import console
 from .serve import ServeConfig
@@ -197,22 +198,52 @@ def export_cmd(run_dir: Path = typer.Argument(..., help="run folder or train fol
 
 
 @app.command("eval")
-def eval_cmd(problems: Path = typer.Option(..., "--problems", "-p", help="Problem JSONL with reference answers"),
-             out: Path = typer.Option(..., "--out", "-o", help="folder for predictions.jsonl and scores.json"),
-             model: str = typer.Option("smollm2-135m", "--model", "-m", help="model: alias, folder, .gguf, run folder, hub id"),
+def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", help="Problem JSONL with reference answers"),
+             out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for predictions.jsonl, scores.json, report.md/html"),
+             model: Optional[str] = typer.Option(None, "--model", "-m", help="model: alias, folder, .gguf, run folder, hub id; "
+                                                 "with --backend openai its name at the endpoint [default: smollm2-135m]"),
              adapter: Optional[str] = typer.Option(None, "--adapter", help="LoRA adapter folder on top of --model"),
+             label: Optional[str] = typer.Option(None, "--label", help="name of this model in reports [default: --model]"),
+             backend: Optional[str] = typer.Option(None, "--backend", help=h(EvalConfig, "backend")),
+             base_url: Optional[str] = typer.Option(None, "--base-url", help=h(EvalConfig, "base_url")),
              max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=h(EvalConfig, "max_new_tokens")),
+             batch_size: Optional[int] = typer.Option(None, "--batch-size", help=h(EvalConfig, "batch_size")),
              limit: Optional[int] = typer.Option(None, "--limit", help=h(EvalConfig, "limit")),
              seed: Optional[int] = typer.Option(None, "--seed", help=h(EvalConfig, "seed")),
+             model_bytes: Optional[int] = typer.Option(None, "--model-bytes", help=h(EvalConfig, "model_bytes")),
+             cqs: Optional[str] = typer.Option(None, "--cqs", help=h(EvalConfig, "cqs")),
+             judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help=h(JudgeConfig, "base_url").replace("config: ", "config: judge.")),
+             judge_model: Optional[str] = typer.Option(None, "--judge-model", help=h(JudgeConfig, "model").replace("config: ", "config: judge.")),
+             predictions: Optional[Path] = typer.Option(None, "--predictions", help="score these outputs (JSONL/JSON/CSV/Parquet, "
+                                                        "or a folder with predictions.jsonl) instead of generating"),
+             id_field: Optional[str] = typer.Option(None, "--id-field", help=h(PredictionFields, "id_field").replace("config: ", "config: predictions_fields.")),
+             output_field: Optional[str] = typer.Option(None, "--output-field", help=h(PredictionFields, "output_field").replace("config: ", "config: predictions_fields.")),
+             tokens_field: Optional[str] = typer.Option(None, "--tokens-field", help=h(PredictionFields, "tokens_field").replace("config: ", "config: predictions_fields.")),
+             compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="A B: paired difference B - A per score, "
+                                                                 "with its interval, of two eval folders (nothing is generated)"),
              config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
              sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
-    """Score a model on eval problems: AS, CQS (proxy), ES, MLS, Overall."""
-    from .evaluate import evaluate
+    """Score a model on eval problems: AS, CQS (proxy or judge), ES, MLS, Overall, each with a 95% interval.
+    Or score predictions made elsewhere (--predictions), or compare two evals (--compare A B)."""
+    from .evaluate import compare as compare_evals, evaluate, format_compare
 
+    if compare:
+        result = compare_evals(compare[0], compare[1], prepare_out_dir(out, overwrite) if out else None)
+        for line in format_compare(result):
+            typer.echo(line)
+        return
+    if problems is None or out is None:
+        raise UserError("eval needs --problems FILE and --out DIR (or --compare A B)")
     check_readable(problems, "problems file")
+    if predictions is not None and not predictions.exists():
+        raise UserError(f"predictions file not found: {predictions}")
+    judge = {k: v for k, v in {"base_url": judge_base_url, "model": judge_model}.items() if v is not None}
+    fields = {k: v for k, v in {"id_field": id_field, "output_field": output_field, "tokens_field": tokens_field}.items() if v is not None}
     cfg = stage_config(EvalConfig, "eval", config, preset, sets,
-                       {"max_new_tokens": max_new_tokens, "limit": limit, "seed": seed})
-    evaluate(cfg, problems, prepare_out_dir(out, overwrite), model=model, adapter=adapter)
+                       {"backend": backend, "base_url": base_url, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                        "limit": limit, "seed": seed, "model_bytes": model_bytes, "cqs": cqs,
+                        "judge": judge or None, "predictions_fields": fields or None})
+    evaluate(cfg, problems, prepare_out_dir(out, overwrite), model=model, adapter=adapter, label=label, predictions=predictions)
 
 
 @app.command("serve")
@@ -246,8 +277,8 @@ def serve_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m", help="m
 
 
 @app.command("report")
-def report_cmd(run_dir: Path = typer.Argument(..., help="run folder with scores.json")):
-    """(Re)write report.md and its plots for a run folder."""
+def report_cmd(run_dir: Path = typer.Argument(..., help="run folder, eval folder, or a folder of eval folders")):
+    """(Re)write report.md (+ plots) and the self-contained report.html."""
     from .report import report
 
     console.print(f"report: {report(run_dir)}")

@@ -1,15 +1,17 @@
 """Stage ``eval``: run a model on eval problems (greedy) and score AS, CQS, ES, MLS and Overall.
 
-The transformers backend batches prompts of similar length with left padding and the KV cache, and stops
-each sequence at EOS or, with ``stop_at_answer``, as soon as its final answer is complete
-(``#### N``, "The answer is N.", ``\\boxed{...}``). Evaluation runs in fp32 on CPU by default; the
-sampling settings, problem ids and package versions are written next to every score.
+Generation goes through a backend (:mod:`mathdistill.backends`: ``transformers`` by default, ``openai``,
+``vllm``), or is skipped when the outputs come from elsewhere (``predictions``: a file of outputs with a
+field mapping). Every score gets a bootstrap interval; CQS is the offline proxy or an LLM judge
+(:mod:`mathdistill.judge`), and ``cqs_kind`` says which. The settings that decide what was scored
+(problem ids and content, ``limit``, ``seed``, ``max_new_tokens``, score constants) are written under
+``meta.comparable``: :func:`compare` refuses two evals whose settings differ.
 """
 
 from __future__ import annotations
 
 import hashlib
-import re
+import json
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -18,160 +20,360 @@ from pydantic import Field
 from rich.markup import escape
 
 from .answers import answers_equal, extract_answer
+from .backends import (AnswerStop, Backend, Generation, OpenAIBackend, TransformersBackend, VLLMBackend,  # noqa: F401
+                       answer_complete, generate_batched, render_prompt)
 from .config import StageConfig
 from .errors import UserError
-from .io import package_versions, read_jsonl, write_json, write_jsonl
-from .models import DEFAULT_STUDENT, load, model_bytes, resolve
-from .progress import bar, info
-from .prompts import instruction_for, messages
-from .records import Prediction, Problem
-from .scores import ScoreConfig, aggregate, cqs_proxy
+from .io import Tally, file_sha256, iter_raw, package_versions, read_json, write_json, write_jsonl
+from .judge import JudgeConfig, judge
+from .models import DEFAULT_STUDENT, load_tokenizer, model_bytes, resolve
+from .progress import info
+from .records import FieldMap, Prediction, Problem, read_problems
+from .scores import INTERVAL_KEYS, ScoreConfig, aggregate, cqs_proxy, paired_bootstrap
+
+__all__ = ["EvalConfig", "PredictionFields", "evaluate", "compare", "answer_complete", "score_outputs"]
+
+
+class PredictionFields(StageConfig):
+    """Where a predictions file from elsewhere keeps each field (``--predictions FILE``)."""
+
+    id_field: str = Field("problem_id", description="field with the problem id (matches the problems file's id)")
+    output_field: str = Field("output", description="field with the model's full output (chain and final answer)")
+    tokens_field: str | None = Field("tokens", description="field with completion tokens; missing: counted with --model's tokenizer")
+    finish_reason_field: str | None = Field("finish_reason", description="field with the finish reason (\"length\" scores a miss)")
 
 
 class EvalConfig(StageConfig):
     """How a model is run on the eval set and scored."""
 
-    backend: Literal["transformers"] = Field("transformers", description="generation backend")
+    backend: Literal["transformers", "openai", "vllm"] = Field("transformers", description="generation backend")
     max_new_tokens: int = Field(256, ge=1, description="completion token limit; a chain that hits it is a miss")
-    batch_size: int = Field(16, ge=1, description="prompts per generation batch")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it)")
     stop_at_answer: bool = Field(True, description="stop a sequence once its final answer is complete")
     limit: int | None = Field(None, ge=1, description="score only the first N problems")
-    seed: int = Field(0, description="torch seed (generation is greedy; recorded for comparisons)")
+    seed: int = Field(0, description="torch / endpoint seed (generation is greedy; recorded for comparisons)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype (fp32 for reproducible scores)")
     threads: int | None = Field(None, description="torch threads (None: all cores)")
-    score: ScoreConfig = Field(default_factory=ScoreConfig, description="score constants and weights")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the model (backend openai)")
+    concurrency: int = Field(16, ge=1, description="endpoint calls in flight at once (backend openai)")
+    timeout_s: float = Field(600.0, gt=0, description="per-call timeout, seconds (backend openai)")
+    max_retries: int = Field(5, ge=0, description="retries per call on 429/5xx/timeouts (backend openai)")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields passed to the endpoint")
+    model_bytes: int | None = Field(None, ge=1, description="bytes of the served weights, for MLS when the model is not a local folder")
+    cqs: Literal["proxy", "judge"] = Field("proxy", description="CQS from the offline proxy or an LLM judge")
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="judge endpoint and rubric (cqs: judge)")
+    predictions_fields: PredictionFields = Field(default_factory=PredictionFields, description="field names of --predictions files")
+    report: bool = Field(True, description="write report.md and report.html beside scores.json")
+    score: ScoreConfig = Field(default_factory=ScoreConfig, description="score constants, weights and intervals")
 
 
-_DONE = [
-    re.compile(r"####\s*-?[\d,]*\.?\d+\s*[^\d.,\s/]"),
-    re.compile(r"####\s*-?[\d,]*\.?\d+\s*\n"),
-    re.compile(r"answer is[:\s]*\$?\s*-?[\d,]*\.?\d+(?:/\d+)?\s*\.(?:\s|$)", re.I),
-    re.compile(r"\\boxed\{[^{}]*\}"),
-]
+MISS_REASONS = ("prompt_too_long", "empty_output", "no_stop", "error", "missing_prediction", "no_answer")
 
 
-def answer_complete(text: str) -> bool:
-    """Has the text finished writing its final answer?"""
-    return any(p.search(text) for p in _DONE)
-
-
-class AnswerStop:
-    """Per-sequence stopping criterion for ``generate``: True where the answer is complete."""
-
-    def __init__(self, tok, prompt_len: int, tail_tokens: int = 24):
-        self.tok, self.prompt_len, self.tail = tok, prompt_len, tail_tokens
-
-    def __call__(self, input_ids, scores, **kw):
-        import torch
-
-        gen = input_ids[:, self.prompt_len:]
-        tails = self.tok.batch_decode(gen[:, -self.tail:], skip_special_tokens=True)
-        return torch.tensor([answer_complete(t) for t in tails], dtype=torch.bool, device=input_ids.device)
-
-
-def _count_tokens(row, eos_ids: set[int], pad_id: int) -> tuple[int, str]:
-    """Completion tokens (EOS included) and finish reason of one generated row."""
-    ids = row.tolist()
-    for i, t in enumerate(ids):
-        if t in eos_ids or t == pad_id:
-            return i + 1, "stop"
-    return len(ids), "length"
-
-
-def generate_transformers(model, tok, prompts: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
-    """Greedy batched generation; returns ``{"output", "tokens", "finish_reason"}`` in prompt order."""
-    import torch
-    from transformers import StoppingCriteriaList
-
-    tok.padding_side = "left"
-    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: len(enc[i]))
-    results: list[dict[str, Any] | None] = [None] * len(prompts)
-    eos = tok.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None}
-    gen_eos = getattr(model.generation_config, "eos_token_id", None)
-    if gen_eos is not None:
-        eos_ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
-    n_tokens = 0
-    t0 = time.monotonic()
-    with bar("eval", total=len(prompts), unit="problem") as b:
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s: s + cfg.batch_size]
-            batch = tok.pad({"input_ids": [enc[i] for i in idx]}, return_tensors="pt", padding=True)
-            plen = batch["input_ids"].shape[1]
-            stops = StoppingCriteriaList([AnswerStop(tok, plen)]) if cfg.stop_at_answer else None
-            with torch.inference_mode():
-                out = model.generate(**batch, max_new_tokens=cfg.max_new_tokens, do_sample=False, num_beams=1,
-                                     pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos_ids),
-                                     stopping_criteria=stops, temperature=None, top_p=None, top_k=None)
-            for j, i in enumerate(idx):
-                row = out[j, plen:]
-                k, reason = _count_tokens(row, eos_ids, tok.pad_token_id)
-                text = tok.decode(row[:k], skip_special_tokens=True)
-                if reason == "length" and cfg.stop_at_answer and answer_complete(text):
-                    reason = "stop"
-                results[i] = {"output": text, "tokens": k, "finish_reason": reason}
-                n_tokens += k
-            b.advance(len(idx))
-            b.set_postfix(f"{n_tokens / max(time.monotonic() - t0, 1e-9):.1f} tok/s")
-    return results  # type: ignore[return-value]
-
-
-def render_prompt(tok, p: Problem) -> str:
-    return tok.apply_chat_template(messages(instruction_for(p.lang), p.question), add_generation_prompt=True, tokenize=False)
-
-
-def score_outputs(probs: list[Problem], outs: list[dict[str, Any]]) -> list[Prediction]:
+def score_outputs(probs: list[Problem], outs: list[Generation | dict[str, Any]]) -> list[Prediction]:
+    """Grade each output against its problem's reference; the proxy CQS of every chain."""
     preds = []
     for p, o in zip(probs, outs):
-        ans = extract_answer(o["output"])
-        correct = o["finish_reason"] != "length" and answers_equal(ans, p.answer)
-        preds.append(Prediction(problem_id=p.id, source=p.source, output=o["output"], extracted_answer=ans,
-                                reference=p.answer, correct=correct, tokens=o["tokens"],
-                                finish_reason=o["finish_reason"], cqs=cqs_proxy(o["output"], p.question)))
+        g = o if isinstance(o, Generation) else Generation(o["output"], o["tokens"], o["finish_reason"])
+        ans = extract_answer(g.output)
+        correct = g.finish_reason == "stop" and answers_equal(ans, p.answer)
+        preds.append(Prediction(problem_id=p.id, source=p.source, output=g.output, extracted_answer=ans,
+                                reference=p.answer, correct=correct, tokens=g.tokens, finish_reason=g.finish_reason,
+                                cqs={"kind": "proxy", **cqs_proxy(g.output, p.question)}))
     return preds
 
 
-def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, model: str = DEFAULT_STUDENT,
-             adapter: str | None = None, label: str | None = None) -> dict[str, Any]:
-    """Score ``model`` (+ ``adapter``) on ``problems_path``; write ``predictions.jsonl`` and ``scores.json``."""
-    import torch
+def count_misses(preds: list[Prediction], gens: list[Generation]) -> Tally:
+    """Why each wrong answer is wrong, when it is for a reason other than a wrong number."""
+    t = Tally()
+    for p, g in zip(preds, gens):
+        if p.correct:
+            continue
+        if g.finish_reason == "prompt_too_long":
+            t.add("prompt_too_long", f"{p.problem_id}: {g.error}")
+        elif g.finish_reason == "missing_prediction":
+            t.add("missing_prediction", p.problem_id)
+        elif g.finish_reason == "error":
+            t.add("error", f"{p.problem_id}: {(g.error or '')[:160]}")
+        elif not g.output.strip():
+            t.add("empty_output", p.problem_id)
+        elif g.finish_reason == "length":
+            t.add("no_stop", f"{p.problem_id}: {g.tokens} tokens without a complete answer")
+        elif p.extracted_answer is None:
+            t.add("no_answer", p.problem_id)
+    return t
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    probs = [Problem.model_validate(r) for r in read_jsonl(problems_path)]
-    if cfg.limit:
-        probs = probs[: cfg.limit]
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def load_problems(path: str | Path, limit: int | None) -> tuple[list[Problem], Tally]:
+    tally = Tally()
+    probs = read_problems(path, FieldMap(), tally)
+    seen: set[str] = set()
+    uniq = []
+    for p in probs:
+        if p.id in seen:
+            tally.add("duplicate_problem_id", p.id)
+            continue
+        seen.add(p.id)
+        uniq.append(p)
+    probs = uniq[:limit] if limit else uniq
     if not probs:
-        raise UserError(f"{problems_path}: no problems to evaluate")
+        raise UserError(f"{path}: no problems to evaluate")
     missing = [p.id for p in probs if p.answer is None]
     if missing:
-        raise UserError(f"{problems_path}: {len(missing)} problems have no reference answer (first: {missing[0]}); eval needs one per problem")
-    spec = resolve(model, adapter)
-    m, tok = load(spec, dtype=cfg.dtype, merge=True)  # merged LoRA: same function, no adapter overhead per token
-    prompts = [render_prompt(tok, p) for p in probs]
+        raise UserError(f"{path}: {len(missing)} problems have no reference answer (first: {missing[0]}); eval needs one per problem")
+    return probs, tally
+
+
+def read_predictions(path: str | Path, probs: list[Problem], f: PredictionFields, tokenizer_for=None) -> tuple[list[Generation], Tally]:
+    """Outputs from elsewhere, one per problem in ``probs`` order; a problem without one is a miss."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "predictions.jsonl"
+    tally = Tally()
+    by_id: dict[str, tuple[str, dict[str, Any]]] = {}
+    known = {x.id for x in probs}
+    rows = 0
+    for where, rec in iter_raw(p, tally):
+        rows += 1
+        pid = rec.get(f.id_field)
+        if pid is None or str(pid).strip() == "":
+            tally.add("no_id", f"{where}: no {f.id_field!r} field")
+            continue
+        pid = str(pid).strip()
+        if f.output_field not in rec:
+            tally.add("no_output", f"{where}: no {f.output_field!r} field")
+            continue
+        if pid not in known:
+            tally.add("unknown_problem_id", f"{where}: {pid}")
+            continue
+        if pid in by_id:
+            tally.add("duplicate_id", f"{where}: {pid} (the first one is kept)")
+            continue
+        by_id[pid] = (where, rec)
+    if rows and not by_id and (tally.counts.get("no_id") or tally.counts.get("no_output")) == rows:
+        raise UserError(f"{p}: no row has the fields {f.id_field!r} and {f.output_field!r}; map them with --id-field / --output-field")
+    tok = None
+    gens = []
+    for prob in probs:
+        if prob.id not in by_id:
+            gens.append(Generation("", 0, "missing_prediction", error="no prediction for this problem"))
+            continue
+        where, rec = by_id[prob.id]
+        out = "" if rec.get(f.output_field) is None else str(rec[f.output_field])
+        raw_tokens = rec.get(f.tokens_field) if f.tokens_field else None
+        try:
+            tokens = int(raw_tokens) if raw_tokens not in (None, "") else None
+        except (TypeError, ValueError):
+            raise UserError(f"{where}: {f.tokens_field!r} is not a whole number: {raw_tokens!r}") from None
+        if tokens is None:
+            if tok is None:
+                tok = tokenizer_for() if tokenizer_for else None
+            if tok is None:
+                raise UserError(f"{where}: no token count ({f.tokens_field!r}); map it with --tokens-field, or pass "
+                                "--model (a local model whose tokenizer counts the tokens)")
+            tokens = len(tok(out, add_special_tokens=False)["input_ids"]) + 1  # + EOS, as generation counts it
+            tally.add("tokens_counted_with_tokenizer")
+        fr = str(rec.get(f.finish_reason_field) or "stop") if f.finish_reason_field else "stop"
+        gens.append(Generation(out, tokens, "length" if fr == "length" else "stop"))
+    return gens, tally
+
+
+def _recorded(cfg: EvalConfig, field: str, generated: bool) -> Any:
+    """A setting as it applied: always when we generated; for outside predictions only when the user stated it."""
+    return getattr(cfg, field) if generated or field in cfg.model_fields_set else None
+
+
+def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, model: str | None = DEFAULT_STUDENT,
+             adapter: str | None = None, label: str | None = None, predictions: str | Path | None = None) -> dict[str, Any]:
+    """Score ``model`` (+ ``adapter``) on ``problems_path``, or score ``predictions`` made elsewhere;
+    write ``predictions.jsonl``, ``scores.json`` and (``cfg.report``) ``report.md`` + ``report.html``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    probs, skipped = load_problems(problems_path, cfg.limit)
+    if skipped.total():
+        info(f"eval: skipped {skipped.total()} problem rows: " + "; ".join(skipped.lines()[:4]))
+    generated = predictions is None
+    backend: Backend | None = None
+    spec = None
     t0 = time.monotonic()
-    outs = generate_transformers(m, tok, prompts, cfg)
+    if predictions is not None:
+        if model:
+            spec = resolve(model, adapter)
+        gens, pred_tally = read_predictions(predictions, probs, cfg.predictions_fields,
+                                            (lambda: load_tokenizer(spec)) if spec else None)
+        skipped.merge(pred_tally)
+        if pred_tally.total():
+            info(f"eval: {predictions}: " + "; ".join(pred_tally.lines()[:6]))
+        mbytes = cfg.model_bytes or (model_bytes(spec) if spec else None)
+    else:
+        import torch
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        if cfg.backend == "openai":
+            if not model:
+                raise UserError("eval --backend openai needs --model NAME (the model's name at the endpoint)")
+            backend = OpenAIBackend(cfg, model, out / "cache.sqlite")
+        else:
+            model = model or DEFAULT_STUDENT
+            spec = resolve(model, adapter)
+            backend = VLLMBackend(cfg, spec) if cfg.backend == "vllm" else TransformersBackend(cfg, spec)
+        t0 = time.monotonic()
+        gens = backend.generate(probs)
+        mbytes = cfg.model_bytes or backend.model_bytes()
     dt = time.monotonic() - t0
-    preds = score_outputs(probs, outs)
+    preds = score_outputs(probs, gens)
+    misses = count_misses(preds, gens)
+    cqs_meta: dict[str, Any] = {"kind": cfg.cqs}
+    if cfg.cqs == "judge":
+        verdicts, rubric = judge(cfg.judge, probs, [p.output for p in preds], out / "judge_cache.sqlite")
+        for p, v in zip(preds, verdicts):
+            p.cqs = {"kind": "judge", **v, "proxy": {k: x for k, x in p.cqs.items() if k != "kind"}}
+        failed = sum(v["cqs"] is None for v in verdicts)
+        cqs_meta.update({"judge_model": cfg.judge.model, "base_url": cfg.judge.base_url, "rubric": rubric.name,
+                         "rubric_sha256": rubric.sha256, "unscored_chains": failed})
+        if failed:
+            info(f"eval: the judge could not score {failed} of {len(verdicts)} chains (left out of CQS; see predictions.jsonl)")
+    if mbytes is None:
+        info("eval: model size unknown (pass --model-bytes N or a local --model); MLS is scored 0")
     write_jsonl(out / "predictions.jsonl", preds)
-    scores = aggregate([p.model_dump() for p in preds], model_bytes(spec), cfg.score, cqs_kind="proxy")
+    rows = [p.model_dump() for p in preds]
+    scores = aggregate(rows, mbytes or 0, cfg.score, cqs_kind=cfg.cqs)
+    scores["misses"] = {r: misses.counts.get(r, 0) for r in MISS_REASONS} | {"examples": misses.examples}
     total_tokens = sum(p.tokens for p in preds)
+    ids = [p.id for p in probs]
+    problems_sha = _sha(json.dumps([[p.id, p.question, p.answer] for p in probs], ensure_ascii=False))
+    comparable = {
+        "problem_ids_sha256": _sha("\n".join(ids)), "problems_sha256": problems_sha, "n": len(probs),
+        "limit": cfg.limit, "seed": _recorded(cfg, "seed", generated),
+        "max_new_tokens": _recorded(cfg, "max_new_tokens", generated),
+        "score": cfg.score.model_dump(mode="json", exclude={"bootstrap_samples", "confidence", "bootstrap_seed"}),
+        "cqs": {k: cqs_meta.get(k) for k in ("kind", "judge_model", "rubric_sha256")},
+    }
     scores["meta"] = {
-        "label": label or model, "model": model, "adapter": adapter, "model_files": list(spec.served_files),
-        "backend": cfg.backend, "sampling": {"greedy": True, "max_new_tokens": cfg.max_new_tokens,
-                                             "stop_at_answer": cfg.stop_at_answer, "seed": cfg.seed, "dtype": cfg.dtype},
-        "limit": cfg.limit, "problems_file": str(problems_path),
-        "problem_ids_sha256": hashlib.sha256("\n".join(p.id for p in probs).encode()).hexdigest(),
-        "problem_ids": [p.id for p in probs], "gen_wall_s": round(dt, 2),
-        "gen_tokens_per_s": round(total_tokens / dt, 2) if dt > 0 else None, "versions": package_versions(),
-        "config": cfg.model_dump(mode="json"),
+        "label": label or model or Path(str(predictions)).stem, "model": model, "adapter": adapter,
+        "source": "generated" if generated else f"predictions: {predictions}",
+        **(backend.describe() if backend else {"backend": None}),
+        "model_bytes_known": mbytes is not None,
+        "sampling": {"greedy": True, "max_new_tokens": comparable["max_new_tokens"], "stop_at_answer": cfg.stop_at_answer if generated else None,
+                     "seed": comparable["seed"], "dtype": cfg.dtype if generated else None},
+        "limit": cfg.limit,
+        "split": {"file": str(problems_path), "file_sha256": file_sha256(problems_path), "problems_sha256": problems_sha},
+        "problems_file": str(problems_path), "problem_ids_sha256": comparable["problem_ids_sha256"], "problem_ids": ids,
+        "comparable": comparable, "cqs": cqs_meta, "skipped_rows": skipped.to_dict(),
+        "gen_wall_s": round(dt, 2), "gen_tokens_per_s": round(total_tokens / dt, 2) if generated and dt > 0 else None,
+        "versions": package_versions(), "config": cfg.model_dump(mode="json"),
     }
     write_json(out / "scores.json", scores)
-    info(f"eval {escape(label or model)}: AS {scores['AS']:.1f}  CQS(proxy) {scores['CQS']:.1f}  ES {scores['ES']:.1f}  "
-         f"MLS {scores['MLS']:.1f}  Overall {scores['overall']:.1f}  ({scores['mean_tokens']:.0f} tokens/problem, "
-         f"{scores['meta']['gen_tokens_per_s']} tok/s)")
+    iv = scores["intervals"]
+    ci = lambda k: f" [{iv[k][0]:.1f}, {iv[k][1]:.1f}]" if iv.get(k) else ""  # noqa: E731
+    miss = ", ".join(f"{k} {v}" for k, v in scores["misses"].items() if k != "examples" and v)
+    info(f"eval {escape(str(scores['meta']['label']))}: AS {scores['AS']:.1f}{ci('AS')}  CQS({cfg.cqs}) {scores['CQS']:.1f}{ci('CQS')}  "
+         f"ES {scores['ES']:.1f}{ci('ES')}  MLS {scores['MLS']:.1f}  Overall {scores['overall']:.1f}{ci('overall')}  "
+         f"({scores['mean_tokens']:.0f} tokens/problem" + (f", {scores['meta']['gen_tokens_per_s']} tok/s" if generated else "")
+         + ")" + (f"; misses: {miss}" if miss else ""))
+    if cfg.report:
+        from .report import report
+
+        report(out)
     return scores
+
+
+# ---- comparing two evals ------------------------------------------------------------------------------
+
+
+def _eval_folder(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name == "scores.json":
+        p = p.parent
+    if p.is_dir() and not (p / "scores.json").is_file() and (p / "eval" / "student" / "scores.json").is_file():
+        p = p / "eval" / "student"
+    if not (p / "scores.json").is_file():
+        raise UserError(f"{path}: not an eval folder (no scores.json); pass a folder written by `mathdistill eval --out`")
+    s = read_json(p / "scores.json")
+    if "AS" not in s:
+        if "student" in s:
+            p = p / "eval" / "student"
+            if (p / "scores.json").is_file():
+                return p
+        raise UserError(f"{path}: scores.json has no per-model scores; pass an eval folder (e.g. RUN/eval/student)")
+    if not (p / "predictions.jsonl").is_file():
+        raise UserError(f"{p}: no predictions.jsonl beside scores.json; --compare needs the per-problem predictions")
+    return p
+
+
+_SETTING_NAMES = {"limit": "--limit", "seed": "--seed", "max_new_tokens": "--max-new-tokens", "n": "number of problems",
+                  "problem_ids_sha256": "problem ids", "problems_sha256": "problems (question/answer)", "score": "score constants",
+                  "cqs": "CQS kind/judge"}
+
+
+def compare(a: str | Path, b: str | Path, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Paired difference B - A per score, with its bootstrap interval over the same problems.
+
+    Refuses (one line) when A and B did not score the same problems with the same settings."""
+    pa, pb = _eval_folder(a), _eval_folder(b)
+    sa, sb = read_json(pa / "scores.json"), read_json(pb / "scores.json")
+    ca, cb = (s.get("meta", {}).get("comparable") for s in (sa, sb))
+    if not ca or not cb:
+        raise UserError(f"cannot compare {a} and {b}: {'A' if not ca else 'B'} was scored by an older mathdistill without "
+                        "comparable settings; rerun its eval")
+    for key, what in _SETTING_NAMES.items():
+        if ca.get(key) != cb.get(key):
+            va, vb = ca.get(key), cb.get(key)
+            if key.endswith("sha256"):
+                va, vb = f"{str(va)[:12]}...", f"{str(vb)[:12]}..."
+            elif key in ("score", "cqs"):
+                diff = sorted(k for k in set(va or {}) | set(vb or {}) if (va or {}).get(k) != (vb or {}).get(k))
+                va, vb = {k: (ca[key] or {}).get(k) for k in diff}, {k: (cb[key] or {}).get(k) for k in diff}
+            hint = " (pass --max-new-tokens/--seed when scoring --predictions, to state how they were made)" if None in (va, vb) else ""
+            raise UserError(f"cannot compare {a} and {b}: they differ in {what} (A: {va}, B: {vb}); "
+                            f"compare only evals of the same problems and settings{hint}")
+    rows_a = {r["problem_id"]: r for r in _read_preds(pa / "predictions.jsonl")}
+    rows_b = {r["problem_id"]: r for r in _read_preds(pb / "predictions.jsonl")}
+    ids = sa["meta"]["problem_ids"]
+    lost = [i for i in ids if i not in rows_a or i not in rows_b]
+    if lost:
+        raise UserError(f"cannot compare {a} and {b}: predictions.jsonl lacks problem {lost[0]} ({len(lost)} missing); rerun that eval")
+    score_cfg = ScoreConfig.model_validate(sa["meta"]["config"]["score"])
+    diff = paired_bootstrap([rows_a[i] for i in ids], [rows_b[i] for i in ids], sa["model_bytes"], sb["model_bytes"], score_cfg)
+    result = {"A": {"path": str(pa), "label": sa["meta"].get("label")}, "B": {"path": str(pb), "label": sb["meta"].get("label")},
+              "n": len(ids), "cqs_kind": sa.get("cqs_kind"), "diff": diff,
+              "interval_method": {"kind": "paired percentile bootstrap over problems", "samples": score_cfg.bootstrap_samples,
+                                  "confidence": score_cfg.confidence, "seed": score_cfg.bootstrap_seed}}
+    if out_dir is not None:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out_dir) / "compare.json", result)
+    return result
+
+
+def _read_preds(path: Path) -> list[dict[str, Any]]:
+    from .io import read_jsonl
+
+    return read_jsonl(path)
+
+
+def format_compare(result: dict[str, Any]) -> list[str]:
+    """Plain lines of a comparison table (for the CLI and the README)."""
+    conf = int(round(100 * result["interval_method"]["confidence"]))
+    lines = [f"A = {result['A']['label']} ({result['A']['path']}), B = {result['B']['label']} ({result['B']['path']}); "
+             f"{result['n']} problems, CQS {result['cqs_kind']}",
+             f"{'score':<12}{'A':>9}{'B':>9}{'B - A':>9}   {conf}% interval of B - A"]
+    for k in INTERVAL_KEYS:
+        d = result["diff"][k]
+        ci = f"[{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" if d["ci"] else "n/a"
+        verdict = "real difference" if d["significant"] else "not distinguishable from 0"
+        name = "CQS (" + str(result["cqs_kind"]) + ")" if k == "CQS" else k
+        lines.append(f"{name:<12}{d['A']:>9.2f}{d['B']:>9.2f}{d['diff']:>+9.2f}   {ci}  {verdict}")
+    return lines
+
+
+def generate_transformers(model, tok, prompts: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
+    """Batched greedy generation as plain dicts ``{"output", "tokens", "finish_reason"}`` (kept for callers
+    of the first eval module; new code uses :func:`mathdistill.backends.generate_batched`)."""
+    gens = generate_batched(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.stop_at_answer)
+    return [{"output": g.output, "tokens": g.tokens, "finish_reason": g.finish_reason} for g in gens]

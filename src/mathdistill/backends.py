@@ -1,0 +1,354 @@
+"""Eval generation backends behind one interface: ``backend.generate(problems) -> list[Generation]``.
+
+- ``transformers`` (default): greedy batched generation on the KV cache; prompts sorted by token length
+  and left-padded, each sequence stopped at EOS or, with ``stop_at_answer``, as soon as its final answer is
+  complete (:func:`answer_complete`). Answers equal those of one-prompt-at-a-time greedy generation.
+- ``openai``: any OpenAI-compatible endpoint through :mod:`mathdistill.client` (retries, cache); greedy
+  (temperature 0); tokens from the response's ``usage``.
+- ``vllm``: imported only when asked for (GPU); the same answer-complete truncation as ``transformers``.
+
+Nothing here raises on a bad problem: a prompt longer than the model's context (``prompt_too_long``), a failed
+call (``error``) or a model that never stops (``length``) is a :class:`Generation` that scores as a miss.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import UserError
+from .models import ModelSpec, load, load_path, load_tokenizer, model_bytes
+from .progress import bar, info
+from .prompts import instruction_for, messages
+from .records import Problem
+
+if TYPE_CHECKING:
+    from .evaluate import EvalConfig
+
+TAIL_TOKENS = 24  # the answer-complete check decodes this many trailing tokens per step (an answer fits)
+PRUNE_EVERY = 8  # tokens generated between two removals of finished sequences from a batch
+
+_DONE = [
+    re.compile(r"####\s*-?[\d,]*\.?\d+\s*[^\d.,\s/]"),
+    re.compile(r"####\s*-?[\d,]*\.?\d+\s*\n"),
+    re.compile(r"answer is[:\s]*\$?\s*-?[\d,]*\.?\d+(?:/\d+)?\s*\.(?:\s|$)", re.I),
+    re.compile(r"\\boxed\{[^{}]*\}"),
+]
+
+
+def answer_complete(text: str) -> bool:
+    """Has the text finished writing its final answer?"""
+    return any(p.search(text) for p in _DONE)
+
+
+@dataclass
+class Generation:
+    """What a backend made of one problem."""
+
+    output: str
+    tokens: int  # completion tokens, EOS included
+    finish_reason: str  # stop | length | prompt_too_long | error
+    prompt_tokens: int | None = None
+    error: str | None = None
+
+
+def render_prompt(tok, p: Problem) -> str:
+    return tok.apply_chat_template(messages(instruction_for(p.lang), p.question), add_generation_prompt=True, tokenize=False)
+
+
+def eos_ids_of(model, tok) -> set[int]:
+    eos = tok.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if gen_eos is not None:
+        ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
+    return ids
+
+
+def context_limit(model, tok) -> int | None:
+    """Tokens the model can attend to (prompt + completion), when its config says."""
+    cfg = getattr(model, "config", None)
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
+        v = getattr(cfg, key, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    v = getattr(tok, "model_max_length", None)
+    return v if isinstance(v, int) and 0 < v < 1_000_000 else None
+
+
+class AnswerStop:
+    """Stopping criterion for ``model.generate``: per sequence, True once its answer is complete (when
+    ``stop_at_answer``) or it has used its own token budget. Records where each sequence stopped, so
+    token counts do not depend on the padding of other sequences in the batch."""
+
+    def __init__(self, tok, prompt_len: int, budgets: list[int], stop_at_answer: bool = True):
+        self.tok, self.prompt_len, self.budgets, self.stop_at_answer = tok, prompt_len, budgets, stop_at_answer
+        self.done_at: list[int | None] = [None] * len(budgets)  # generated length when it stopped
+        self.why: list[str | None] = [None] * len(budgets)
+
+    def __call__(self, input_ids, scores, **kw):
+        import torch
+
+        gen = input_ids[:, self.prompt_len:]
+        n = gen.shape[1]
+        tails = self.tok.batch_decode(gen[:, -TAIL_TOKENS:], skip_special_tokens=True) if self.stop_at_answer else None
+        flags = []
+        for j in range(gen.shape[0]):
+            if self.done_at[j] is None:
+                if tails is not None and answer_complete(tails[j]):
+                    self.done_at[j], self.why[j] = n, "stop"
+                elif n >= self.budgets[j]:
+                    self.done_at[j], self.why[j] = n, "length"
+            flags.append(self.done_at[j] is not None)
+        return torch.tensor(flags, dtype=torch.bool, device=input_ids.device)
+
+
+def finish_row(ids: list[int], eos_ids: set[int], done_at: int | None, why: str | None, budget: int) -> tuple[int, str]:
+    """(completion tokens, finish reason) of one generated row: the first EOS, or where the stopping
+    criterion stopped it, or the token budget."""
+    for i, t in enumerate(ids[: done_at or len(ids)]):
+        if t in eos_ids:
+            return i + 1, "stop"
+    if done_at is not None:
+        return done_at, why or "stop"
+    return min(len(ids), budget), "length"
+
+
+def truncate_at_answer(tok, ids: list[int], eos_ids: set[int], budget: int, stop_at_answer: bool) -> tuple[int, str]:
+    """The same stopping rule as :class:`AnswerStop`, applied after the fact to a finished row of ids."""
+    for k in range(1, min(len(ids), budget) + 1):
+        if ids[k - 1] in eos_ids:
+            return k, "stop"
+        if stop_at_answer and answer_complete(tok.decode(ids[max(0, k - TAIL_TOKENS): k], skip_special_tokens=True)):
+            return k, "stop"
+    return min(len(ids), budget), "length"
+
+
+class Backend:
+    """Interface: ``generate(problems)`` in problem order; ``model_bytes()`` for MLS (None: unknown)."""
+
+    name = "backend"
+
+    def generate(self, problems: list[Problem]) -> list[Generation]:
+        raise NotImplementedError
+
+    def model_bytes(self) -> int | None:
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name}
+
+
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, cfg: "EvalConfig", spec: ModelSpec, model=None, tok=None):
+        self.cfg, self.spec = cfg, spec
+        if model is None:
+            model, tok = load(spec, dtype=cfg.dtype, merge=True)  # merged LoRA: same function, no adapter overhead
+        self.model, self.tok = model, tok
+        self.tokens_per_s: float | None = None
+
+    def model_bytes(self) -> int | None:
+        return model_bytes(self.spec)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model_files": list(self.spec.served_files), "dtype": self.cfg.dtype,
+                "batch_size": self.cfg.batch_size, "context": context_limit(self.model, self.tok)}
+
+    def generate(self, problems: list[Problem]) -> list[Generation]:
+        prompts = [render_prompt(self.tok, p) for p in problems]
+        return generate_batched(self.model, self.tok, prompts, self.cfg.max_new_tokens, self.cfg.batch_size,
+                                self.cfg.stop_at_answer)
+
+
+def _cache_kwarg() -> str:
+    """``generate``'s name for a KV cache passed in (``cache`` since transformers 5.x, ``past_key_values`` before)."""
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+
+        return "cache" if "cache" in ALL_CACHE_NAMES else "past_key_values"
+    except ImportError:
+        return "past_key_values"
+
+
+def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int,
+                     stop_at_answer: bool = True, desc: str = "eval", prune_every: int | None = PRUNE_EVERY) -> list[Generation]:
+    """Greedy generation, ``batch_size`` prompts at a time grouped by token length (left padding, KV cache).
+
+    ``model.generate`` keeps computing a sequence after it has stopped (it only pads it), so a batch would run
+    at the pace of its longest answer. Instead the batch is generated ``prune_every`` tokens at a time: between
+    calls, finished sequences leave the batch and the KV cache (``Cache.batch_select_indices``) and ``generate``
+    continues the others from the cache. ``prune_every=None``: one ``generate`` call per batch.
+    """
+    import torch
+    from transformers import DynamicCache, StoppingCriteriaList
+
+    tok.padding_side = "left"
+    enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    limit = context_limit(model, tok)
+    eos_ids = eos_ids_of(model, tok)
+    cache_kw = _cache_kwarg()
+    results: list[Generation | None] = [None] * len(prompts)
+    todo = []
+    for i, ids in enumerate(enc):
+        if limit is not None and len(ids) >= limit:
+            results[i] = Generation("", 0, "prompt_too_long", len(ids),
+                                    error=f"prompt has {len(ids)} tokens; the model's context is {limit}")
+        else:
+            todo.append(i)
+    order = sorted(todo, key=lambda i: len(enc[i]))
+    n_tokens, t0 = 0, time.monotonic()
+    with bar(desc, total=len(prompts), unit="problem") as b:
+        b.advance(len(prompts) - len(todo))
+        for s in range(0, len(order), batch_size):
+            rows = order[s: s + batch_size]
+            budgets = [max_new_tokens if limit is None else min(max_new_tokens, limit - len(enc[i])) for i in rows]
+            batch = tok.pad({"input_ids": [enc[i] for i in rows]}, return_tensors="pt", padding=True)
+            ids, mask = batch["input_ids"], batch["attention_mask"]
+            plen = ids.shape[1]
+            cache = DynamicCache(config=model.config)
+            done = 0  # tokens generated so far by the sequences still in the batch
+            while rows:
+                step = max(budgets) - done if prune_every is None else min(prune_every, max(budgets) - done)
+                stop = AnswerStop(tok, plen, budgets, stop_at_answer)
+                with torch.inference_mode():
+                    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=step, do_sample=False, num_beams=1,
+                                         pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos_ids),
+                                         stopping_criteria=StoppingCriteriaList([stop]), temperature=None, top_p=None,
+                                         top_k=None, **{cache_kw: cache})
+                new = out.shape[1] - plen - done
+                keep = []
+                for j, i in enumerate(rows):
+                    row = out[j, plen:].tolist()
+                    finished = (stop.done_at[j] is not None or any(t in eos_ids for t in row[done:])
+                                or len(row) >= budgets[j] or new < step)
+                    if not finished:
+                        keep.append(j)
+                        continue
+                    k, reason = finish_row(row, eos_ids, stop.done_at[j], stop.why[j], budgets[j])
+                    results[i] = Generation(tok.decode(row[:k], skip_special_tokens=True), k, reason, len(enc[i]))
+                    n_tokens += k
+                    b.advance()
+                done += new
+                if keep and len(keep) < len(rows):
+                    sel = torch.tensor(keep)
+                    cache.batch_select_indices(sel)
+                    out, mask = out[sel], mask[sel]
+                    rows, budgets = [rows[j] for j in keep], [budgets[j] for j in keep]
+                elif not keep:
+                    rows = []
+                ids = out
+                mask = torch.cat([mask, mask.new_ones((mask.shape[0], ids.shape[1] - mask.shape[1]))], dim=1)
+            b.set_postfix(f"{n_tokens / max(time.monotonic() - t0, 1e-9):.1f} tok/s")
+    return results  # type: ignore[return-value]
+
+
+_CONTEXT_ERR = re.compile(r"context length|maximum context|too many tokens|prompt is too long|max_model_len", re.I)
+
+
+class OpenAIBackend(Backend):
+    """Any OpenAI-compatible endpoint; greedy; tokens from ``usage.completion_tokens``."""
+
+    name = "openai"
+
+    def __init__(self, cfg: "EvalConfig", model: str, cache_path: Path | None = None, tokenizer: Any = None):
+        from .client import ChatClientConfig
+
+        if not cfg.base_url:
+            raise UserError("eval --backend openai needs --base-url URL (and --model NAME, the model at that endpoint)")
+        self.cfg, self.model, self.cache_path, self.tok = cfg, model, cache_path, tokenizer
+        self.client = ChatClientConfig(base_url=cfg.base_url, model=model, temperature=0.0, top_p=1.0,
+                                       max_tokens=cfg.max_new_tokens, seed=cfg.seed, concurrency=cfg.concurrency,
+                                       timeout_s=cfg.timeout_s, max_retries=cfg.max_retries, extra_body=cfg.extra_body)
+        self.estimated_tokens = 0
+
+    def model_bytes(self) -> int | None:
+        return self.cfg.model_bytes
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "base_url": self.cfg.base_url, "endpoint_model": self.model,
+                "tokens_estimated": self.estimated_tokens}
+
+    def _count(self, text: str) -> int:
+        self.estimated_tokens += 1
+        if self.tok is not None:
+            return len(self.tok(text, add_special_tokens=False)["input_ids"]) + 1
+        return max(1, math.ceil(len(text) / 4))  # no usage and no tokenizer: about 4 characters a token
+
+    def generate(self, problems: list[Problem]) -> list[Generation]:
+        from .client import ChatRequest, run_requests
+
+        reqs = [ChatRequest(messages(instruction_for(p.lang), p.question), key=p.id) for p in problems]
+        out = []
+        for r in run_requests(self.client, reqs, self.cache_path, desc="eval"):
+            if r.error:
+                reason = "prompt_too_long" if _CONTEXT_ERR.search(r.error) else "error"
+                out.append(Generation("", 0, reason, r.prompt_tokens, error=r.error))
+                continue
+            text = f"<think>{r.reasoning}</think>\n{r.content}" if r.reasoning else (r.content or "")
+            tokens = r.completion_tokens if r.completion_tokens is not None else self._count(text)
+            reason = "length" if r.finish_reason == "length" else "stop"
+            out.append(Generation(text, int(tokens), reason, r.prompt_tokens))
+        if self.estimated_tokens:
+            info(f"eval: the endpoint sent no usage for {self.estimated_tokens} answers; their tokens were "
+                 + ("counted with the given tokenizer" if self.tok is not None else "estimated as characters/4"))
+        return out
+
+
+class VLLMBackend(Backend):
+    """vLLM offline generation (GPU), greedy, with the answer-complete truncation of ``transformers``."""
+
+    name = "vllm"
+
+    def __init__(self, cfg: "EvalConfig", spec: ModelSpec):
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise UserError("eval --backend vllm needs the vllm package (a GPU machine: pip install 'mathdistill[vllm]'); "
+                            "use --backend transformers on CPU") from None
+        from vllm import LLM
+
+        self.cfg, self.spec = cfg, spec
+        self.tok = load_tokenizer(spec)
+        kw: dict[str, Any] = {"model": load_path(spec), "dtype": cfg.dtype, "seed": cfg.seed}
+        if spec.adapter:
+            kw["enable_lora"] = True
+        self.llm = LLM(**kw)
+
+    def model_bytes(self) -> int | None:
+        return model_bytes(self.spec)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.name, "model_files": list(self.spec.served_files), "dtype": self.cfg.dtype}
+
+    def generate(self, problems: list[Problem]) -> list[Generation]:
+        from vllm import SamplingParams
+
+        prompts = [render_prompt(self.tok, p) for p in problems]
+        enc = [self.tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+        limit = getattr(getattr(getattr(self.llm, "llm_engine", None), "model_config", None), "max_model_len", None)
+        limit = limit or context_limit(None, self.tok)
+        eos_ids = eos_ids_of(None, self.tok)
+        results: list[Generation | None] = [None] * len(problems)
+        todo = [i for i, ids in enumerate(enc) if limit is None or len(ids) < limit]
+        for i in set(range(len(problems))) - set(todo):
+            results[i] = Generation("", 0, "prompt_too_long", len(enc[i]),
+                                    error=f"prompt has {len(enc[i])} tokens; the model's context is {limit}")
+        params = SamplingParams(temperature=0.0, max_tokens=self.cfg.max_new_tokens, seed=self.cfg.seed)
+        lora = None
+        if self.spec.adapter:
+            from vllm.lora.request import LoRARequest
+
+            lora = LoRARequest("student", 1, self.spec.adapter)
+        outs = self.llm.generate([{"prompt_token_ids": enc[i]} for i in todo], params, lora_request=lora) if todo else []
+        for i, o in zip(todo, outs):
+            ids = list(o.outputs[0].token_ids)
+            budget = self.cfg.max_new_tokens if limit is None else min(self.cfg.max_new_tokens, limit - len(enc[i]))
+            k, reason = truncate_at_answer(self.tok, ids, eos_ids, budget, self.cfg.stop_at_answer)
+            results[i] = Generation(self.tok.decode(ids[:k], skip_special_tokens=True), k, reason, len(enc[i]))
+        return results  # type: ignore[return-value]
