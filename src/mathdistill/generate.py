@@ -29,14 +29,28 @@ class GenerateConfig(ChatClientConfig):
 
     backend: Literal["reference", "openai"] = Field("reference", description="teacher backend")
     samples: int = Field(1, ge=1, description="samples per problem")
+    reference_think: bool = Field(False, description="reference backend: write each chain as <think>working</think> "
+                                  "then its final answer line, as teacher outputs with inline think tags look")
 
 
-def reference_traces(probs: Iterable[Problem], tally: Tally) -> list[Trace]:
+def think_wrapped(chain: str) -> str:
+    """``<think>`` + every line but the last + ``</think>`` + the last line (the final answer)."""
+    lines = chain.strip().splitlines()
+    if len(lines) < 2:
+        return chain.strip()
+    return "<think>\n" + "\n".join(lines[:-1]).strip() + "\n</think>\n\n" + lines[-1].strip()
+
+
+def reference_traces(probs: Iterable[Problem], tally: Tally, think: bool = False) -> list[Trace]:
     out = []
     for p in probs:
         chain = (p.meta or {}).get("reference_cot")
         if not chain:
             tally.add("no_reference_chain", p.id)
+            continue
+        if think:  # the tags stay in the visible output, as in the seed's task-1 rows; curate decides
+            out.append(Trace(problem_id=p.id, teacher="reference", sample=0, content=think_wrapped(chain),
+                             finish_reason="stop"))
             continue
         reasoning, content = split_think(chain)
         out.append(Trace(problem_id=p.id, teacher="reference", sample=0, reasoning=reasoning, content=content,
@@ -65,7 +79,7 @@ def generate(cfg: GenerateConfig, problems_path: str | Path, out_dir: str | Path
     probs = [Problem.model_validate(r) for r in read_jsonl(problems_path)]
     tally = Tally()
     if cfg.backend == "reference":
-        traces = reference_traces(probs, tally)
+        traces = reference_traces(probs, tally, think=cfg.reference_think)
     elif cfg.backend == "openai":
         if not cfg.base_url or not cfg.model:
             raise UserError("generate --backend openai needs --base-url URL and --model NAME")
