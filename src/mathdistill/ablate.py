@@ -367,7 +367,7 @@ def _cell_log(path: Path):
 def _reason(stage: str | None, e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     what = msg if isinstance(e, (UserError, PartialRun)) else f"{type(e).__name__}: {msg}".rstrip(": ")
-    return f"{stage}: {what}" if stage else what
+    return f"{stage}: {what}" if stage and not what.startswith(f"{stage.split()[0]}:") else what
 
 
 def _stages_info(ex: Executed) -> dict[str, Any]:

@@ -348,15 +348,23 @@ def _merge_traces(parts: list[Path], out: Path) -> None:
             fh.write(p.read_text(encoding="utf-8"))
 
 
-def _check_finite_loss(train_dir: Path) -> None:
+def _check_diverged(train_dir: Path) -> None:
+    """Fail a training that diverged: a non-finite logged loss, or NaN/inf in the weights it wrote
+    (the transformers Trainer filters NaN losses out of its logs, so the weights are the reliable sign)."""
     log = train_dir / "train_log.jsonl"
-    if not log.is_file():
-        return
-    for line in log.read_text(encoding="utf-8").splitlines():
-        row = json.loads(line) if line.strip() else {}
-        loss = row.get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            raise UserError(f"train: loss is {loss} at step {row.get('step')} (training diverged); "
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else {}
+            loss = row.get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise UserError(f"train: loss is {loss} at step {row.get('step')} (training diverged); "
+                                "lower train.learning_rate or raise train.warmup_ratio")
+    from safetensors.torch import load_file
+
+    for f in sorted(train_dir.rglob("*.safetensors")):
+        bad = [k for k, v in load_file(str(f)).items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:
+            raise UserError(f"train: training diverged to NaN/inf ({len(bad)} tensors in {f.name}, first {bad[0]}); "
                             "lower train.learning_rate or raise train.warmup_ratio")
 
 
@@ -395,6 +403,10 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
     ``ex``: fill this object as stages finish (so a caller sees what ran even when a stage fails).
     """
     ex = ex if ex is not None else Executed()
+    try:
+        base_fp = model_fingerprint(cfg.train.base_model)
+    except UserError as e:
+        raise UserError(f"train.base_model: {e}") from None
 
     def stage(name: str, kind: str, config: Any, inputs: Any, fn: Callable[[Path], Any]) -> StageResult:
         tag = f"{label}:{name}" if label else name
@@ -402,6 +414,10 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
             r = store.run(kind, config, inputs, fn, label=tag, dry=True)
             if on_stage:
                 on_stage(name, True)
+        except CachedFailure:
+            if on_stage:
+                on_stage(name, False)
+            raise
         except NotCached:
             if dry:
                 raise
@@ -447,11 +463,9 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
     cur = stage("curate", "curate", stage_config("curate", cfg.curate),
                 {"traces": traces_in, "problems": prob.digest("train.jsonl")}, curate_fn)
 
-    base_fp = model_fingerprint(cfg.train.base_model)
-
     def train_fn(d: Path) -> None:
         train(cfg.train, cur.dir / "dataset.json", d)
-        _check_finite_loss(d)
+        _check_diverged(d)
 
     tr = stage("train", "train", stage_config("train", cfg.train),
                {"dataset": cur.digest("dataset.json"), "base_model": base_fp}, train_fn)
