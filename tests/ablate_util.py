@@ -11,13 +11,14 @@ import yaml
 
 
 def tiny_base(model: Path) -> dict[str, Any]:
-    """Two data sources (``a`` with think tags in its outputs, ``b`` plain); 2 optimizer steps; 6 eval problems."""
+    """Two data sources (``a`` with think tags in its outputs, ``b`` plain); 1 optimizer step; 4 eval problems."""
     return {
-        "problems": {"seed": 3, "families": {"chain_sum": {"n_train": 14, "n_eval": 6, "params": {
+        "problems": {"seed": 3, "families": {"chain_sum": {"n_train": 14, "n_eval": 4, "params": {
             "min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2}}}},
         "sources": {"a": {"n": 6, "generate": {"reference_think": True}}, "b": {"n": 8}},
-        "train": {"base_model": str(model), "max_steps": 2, "batch_size": 4, "max_length": 256, "threads": 1},
-        "eval": {"max_new_tokens": 6, "batch_size": 8, "threads": 1},
+        "train": {"base_model": str(model), "max_steps": 1, "warmup_ratio": 0.0, "batch_size": 4,
+                  "max_length": 256, "threads": 1},
+        "eval": {"max_new_tokens": 4, "batch_size": 8, "threads": 1},
     }
 
 

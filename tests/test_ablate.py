@@ -26,12 +26,12 @@ def grid(model: Path, **kw) -> GridSpec:
 def test_cache_hits_and_misses(tiny_model, tmp_path):
     cache = tmp_path / "cache"
     # 1. two cells that differ only in an eval field: one dataset, one training, four evals (student + base each)
-    s1 = ablate(grid(tiny_model, grid={"eval.max_new_tokens": [6, 8]}), tmp_path / "g1", cache_dir=cache)
+    s1 = ablate(grid(tiny_model, grid={"eval.max_new_tokens": [4, 6]}), tmp_path / "g1", cache_dir=cache)
     assert s1["counts"] == {"total": 2, "ok": 2, "cached": 0, "failed": 0}
     assert count(cache) == {"problems": 1, "sources": 1, "generate": 2, "curate": 1, "train": 1, "eval": 4}
 
     # 2. the same grid again: nothing runs, every cell is reported as cached
-    s2 = ablate(grid(tiny_model, grid={"eval.max_new_tokens": [6, 8]}), tmp_path / "g1", cache_dir=cache)
+    s2 = ablate(grid(tiny_model, grid={"eval.max_new_tokens": [4, 6]}), tmp_path / "g1", cache_dir=cache)
     assert s2["counts"]["cached"] == 2
     assert count(cache) == {"problems": 1, "sources": 1, "generate": 2, "curate": 1, "train": 1, "eval": 4}
 
@@ -56,12 +56,12 @@ def test_cache_hits_and_misses(tiny_model, tmp_path):
 
     # 5. `run` on the config of a grid cell, on the same cache: nothing runs; the run layout and scores.json are
     #    the usual ones, with the cell's scores
-    cfg = RunConfig.model_validate(tiny_base(tiny_model) | {"eval": tiny_base(tiny_model)["eval"] | {"max_new_tokens": 8}})
+    cfg = RunConfig.model_validate(tiny_base(tiny_model) | {"eval": tiny_base(tiny_model)["eval"] | {"max_new_tokens": 6}})
     scores = run(cfg, tmp_path / "run", cache_dir=cache)
     assert count(cache)["train"] == 3 and sum(count(cache).values()) == 17
     assert set(scores) == {"base", "student", "config", "run"}
     assert len(scores["run"]["cached"]) == len(scores["run"]["stage_keys"])
-    cell = json.loads((tmp_path / "g1" / "cells" / "max_new_tokens=8" / "scores.json").read_text())
+    cell = json.loads((tmp_path / "g1" / "cells" / "max_new_tokens=6" / "scores.json").read_text())
     assert scores["student"]["overall"] == cell["student"]["overall"]
     assert {k for k in cell} == {"base", "student", "config"}
     for f in ("problems/train.jsonl", "problems/eval.jsonl", "problems/sources/a.jsonl", "generate/traces.jsonl",
@@ -87,7 +87,7 @@ def test_failed_cells_are_reported_and_the_others_go_on(tiny_model, tmp_path):
     spec = grid(tiny_model, cells=[
         {"name": "ok", "set": {"train.seed": 1}},
         {"name": "bad-scheduler", "set": {"train.lr_scheduler": "no-such-schedule"}},
-        {"name": "nan", "set": {"train.learning_rate": 1.0e6, "train.warmup_ratio": 0.0}},
+        {"name": "nan", "set": {"train.learning_rate": 1.0e6, "train.warmup_ratio": 0.0, "train.max_steps": 3}},
         {"name": "no-model", "set": {"train.base_model": str(tmp_path / "missing-model")}},
     ])
     with pytest.raises(PartialRun, match="3 of 4 cells failed"):
@@ -130,7 +130,7 @@ def _wait_for(pred, timeout: float, proc: subprocess.Popen, log: Path) -> None:
         time.sleep(0.2)
 
 
-def test_killed_grid_resumes_where_it_stopped(tiny_model, tmp_path):
+def test_killed_grid_resumes_where_it_stopped(tiny_model, tmp_path, capfd):
     g = write_grid(tmp_path / "grid.yaml", tiny_model, grid={"train.seed": [1, 2]})
     out, cache = tmp_path / "out", tmp_path / "out" / "cache"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"), os.environ.get("PYTHONPATH", "")])}
@@ -147,8 +147,9 @@ def test_killed_grid_resumes_where_it_stopped(tiny_model, tmp_path):
     assert len(done_trains) == 1
     assert not (out / "ablate.json").exists()
 
-    r = subprocess.run(cmd + ["--jobs", "2"], env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    from mathdistill.ablate import load_grid
+
+    ablate(load_grid(g, extra={"jobs": 2}), out)  # the rerun, with the cells in worker processes
     after = executions(cache)[len(before):]
     assert not {r["key"] for r in after if r["stage"] == "train"} & done_trains, "a finished training ran again"
     assert not [r for r in after if r["stage"] in ("problems", "sources", "generate", "curate")]
@@ -158,7 +159,8 @@ def test_killed_grid_resumes_where_it_stopped(tiny_model, tmp_path):
     ran = [c for c in summary["cells"] if not c["cached"]]
     assert ran and all(c["pid"] != os.getpid() for c in ran)  # worker processes, not the parent
     assert summary["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)
-    assert "done" in r.stderr and "eta" in r.stderr
+    err = capfd.readouterr().err  # progress: cells done / cached / running / failed, with an ETA
+    assert "running 2 · failed 0 · eta ?" in err and "[2/2] done 2 · cached 0 · running 0 · failed 0 · eta 0s" in err
 
 
 def test_ray_missing_is_one_line_before_any_work(tiny_model, tmp_path, monkeypatch):
@@ -169,3 +171,17 @@ def test_ray_missing_is_one_line_before_any_work(tiny_model, tmp_path, monkeypat
         ablate(grid(tiny_model, grid={"train.seed": [1, 2]}, ray="auto"), tmp_path / "g")
     assert "\n" not in str(e.value)
     assert not (tmp_path / "g").exists()
+
+
+def test_a_cell_that_trains_on_the_shared_eval_set_fails(tiny_model, tmp_path):
+    from mathdistill.errors import UserError
+    from mathdistill.problems import problems
+    from mathdistill.run import StageStore, execute
+
+    cfg = RunConfig.model_validate(tiny_base(tiny_model))
+    problems(cfg.problems, tmp_path / "p")
+    leaky = tmp_path / "eval.jsonl"  # a shared eval set that holds one of this config's training problems
+    leaky.write_text((tmp_path / "p" / "train.jsonl").read_text().splitlines()[0] + "\n")
+    with pytest.raises(UserError, match="1 training problems are also in the shared eval set"):
+        execute(cfg, StageStore(tmp_path / "cache"), eval_problems=leaky)
+    assert count(tmp_path / "cache") == {"problems": 1}

@@ -352,16 +352,17 @@ def _lines(source: str, errors: list[str]) -> str:
 @contextlib.contextmanager
 def _cell_log(path: Path):
     """Send the cell's stage output (Rich console, progress lines, warnings) to its log file."""
+    from rich.console import Console
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    con = _progress.console
+    old = _progress.console  # info() and bar() print through this module global
     with open(path, "a", encoding="utf-8") as fh:
-        old_file = con.file
-        con.file = fh
+        _progress.console = Console(file=fh, highlight=False, soft_wrap=True)  # a file: plain lines, no colours
         try:
             with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
                 yield fh
         finally:
-            con.file = old_file
+            _progress.console = old
 
 
 def _reason(stage: str | None, e: BaseException) -> str:
