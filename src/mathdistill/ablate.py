@@ -38,7 +38,7 @@ import sys
 import time
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -498,9 +498,9 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
     """
     plan = expand(spec, source)
     ray = _import_ray() if spec.ray else None
-    out = Path(out_dir or Path("runs") / spec.name)
+    out = Path(out_dir or Path("runs") / spec.name).resolve()  # absolute: workers and Ray tasks get these paths
     out.mkdir(parents=True, exist_ok=True)
-    store = StageStore(cache_dir or out / "cache", retry_failed=spec.retry_failed)
+    store = StageStore(Path(cache_dir).resolve() if cache_dir else out / "cache", retry_failed=spec.retry_failed)
     t0 = time.monotonic()
     (out / "grid.yaml").write_text(yaml.safe_dump(
         {**spec.model_dump(mode="json"), "expanded": [{"name": c.name, "folder": c.folder, "values": c.values}
