@@ -185,3 +185,20 @@ def test_a_cell_that_trains_on_the_shared_eval_set_fails(tiny_model, tmp_path):
     with pytest.raises(UserError, match="1 training problems are also in the shared eval set"):
         execute(cfg, StageStore(tmp_path / "cache"), eval_problems=leaky)
     assert count(tmp_path / "cache") == {"problems": 1}
+
+
+def test_user_problem_files_are_part_of_the_key(tmp_path):
+    from mathdistill.problems import ProblemsConfig, problems
+    from mathdistill.run import StageStore, problems_inputs, stage_config
+
+    tr, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
+    tr.write_text('{"id": "t1", "question": "1 + 2 =", "answer": "3"}\n')
+    ev.write_text('{"id": "e1", "question": "2 + 2 =", "answer": "4"}\n')
+    cfg = ProblemsConfig(train_file=str(tr), eval_file=str(ev))
+    store = StageStore(tmp_path / "cache")
+    run1 = store.run("problems", stage_config("problems", cfg), problems_inputs(cfg), lambda d: problems(cfg, d))
+    same = store.run("problems", stage_config("problems", cfg), problems_inputs(cfg), lambda d: problems(cfg, d))
+    tr.write_text('{"id": "t1", "question": "1 + 5 =", "answer": "6"}\n')  # the user edits the file
+    run2 = store.run("problems", stage_config("problems", cfg), problems_inputs(cfg), lambda d: problems(cfg, d))
+    assert run1.key == same.key and not same.executed and run2.key != run1.key and run2.executed
+    assert "1 + 5" in (run2.dir / "train.jsonl").read_text()

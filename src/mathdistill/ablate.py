@@ -49,7 +49,8 @@ from . import progress as _progress
 from .config import StageConfig, build, deep_merge, parse_overrides, read_preset, read_yaml
 from .errors import PartialRun, UserError
 from .io import read_json, read_jsonl, write_json
-from .run import CachedFailure, Executed, RunConfig, StageStore, execute, per_model, stage_config
+from .run import (CachedFailure, Executed, RunConfig, StageStore, execute, per_model, problems_inputs,
+                  stage_config)
 from .problems import problems
 
 
@@ -513,7 +514,7 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
 
     # One eval set for every cell: the base config's eval split.
     try:
-        ev = store.run("problems", stage_config("problems", plan.base.problems), {},
+        ev = store.run("problems", stage_config("problems", plan.base.problems), problems_inputs(plan.base.problems),
                        lambda d: problems(plan.base.problems, d), label="grid:eval set")
     except UserError as e:
         raise UserError(f"{source}: the base config's problems stage failed, so there is no eval set: {e}") from None

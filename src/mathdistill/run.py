@@ -200,6 +200,16 @@ def model_fingerprint(name: str) -> str:
     return _digest([[f.name, file_digest(f)] for f in files])
 
 
+def problems_inputs(cfg: ProblemsConfig) -> dict[str, str]:
+    """The content of the user's problem files, when the problems stage reads any (edit a file: new key)."""
+    out = {}
+    for k in ("train_file", "eval_file"):
+        f = getattr(cfg, k)
+        if f and Path(f).is_file():
+            out[k] = file_digest(f)
+    return out
+
+
 def stage_config(stage: str, cfg: StageConfig) -> dict[str, Any]:
     """A stage's config as it enters the key (resource-only fields left out)."""
     return cfg.model_dump(mode="json", exclude=NOT_IN_KEY.get(stage, set()))
@@ -427,7 +437,7 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
         ex.stages[name] = r
         return r
 
-    prob = stage("problems", "problems", stage_config("problems", cfg.problems), {},
+    prob = stage("problems", "problems", stage_config("problems", cfg.problems), problems_inputs(cfg.problems),
                  lambda d: problems(cfg.problems, d))
     train_file = prob.dir / "train.jsonl"
     if eval_problems is None:
