@@ -244,8 +244,9 @@ def plots(board: dict[str, Any]) -> dict[str, bytes]:
         ax.errorbar(xs, ys, yerr=err, fmt="o", color="tab:blue", alpha=0.75, capsize=3, label="cell (95% interval)")
         front = sorted(pareto_front(list(zip(xs, ys))), key=lambda i: xs[i])
         ax.plot([xs[i] for i in front], [ys[i] for i in front], "-", color="tab:red", lw=1.5, label="Pareto front")
-        for i in front:
-            ax.annotate(rows[i]["name"], (xs[i], ys[i]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        for i, r in enumerate(rows):  # the rank, as in the leaderboard table (names would overlap)
+            ax.annotate(str(r["rank"]), (xs[i], ys[i]), fontsize=7, xytext=(4, 3), textcoords="offset points",
+                        color="tab:red" if i in front else "black")
         for b in board.get("base_models", []):
             bx = b[xkey] * scale
             ax.plot([bx], [b["scores"]["overall"]["point"]], "s", color="gray", label="base model (untrained)")
@@ -253,7 +254,7 @@ def plots(board: dict[str, Any]) -> dict[str, bytes]:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("Overall")
     axes[0].legend(fontsize=7, loc="best")
-    fig.suptitle("Overall against cost: the Pareto front (red) holds the cells no other cell beats on both")
+    fig.suptitle("Overall against cost (labels: leaderboard rank); the Pareto front (red): cells no other cell beats on both")
     fig.tight_layout()
     out["pareto"] = _plot_png(fig)
     plt.close(fig)
