@@ -620,18 +620,21 @@ def leaderboard(plan: Plan, records: list[dict[str, Any]], out: Path) -> dict[st
     The leaderboard is a function of the cells' eval outputs (by stage key), their values and reasons, and the
     bootstrap settings; when those equal the ones recorded in ``leaderboard.json``, the files are kept as they are.
     """
-    from . import leaderboard as lb
+    from importlib.util import find_spec
 
     inputs = {"cells": [[r["name"], r["values"], r["status"], r["reason"],
                          {k: v["key"] for k, v in r["stages"].items() if k.startswith("eval")}] for r in records],
               "baseline": plan.baseline, "varied": plan.varied, "bootstrap": plan.spec.bootstrap.model_dump(),
-              "title": plan.spec.name, "code": _source_digest(lb.__file__, __file__)}
+              "title": plan.spec.name,
+              "code": _source_digest(find_spec("mathdistill.leaderboard").origin, find_spec("mathdistill.stats").origin, __file__)}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     old = out / "leaderboard.json"
     if old.is_file() and all((out / f).is_file() for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.html")):
         prev = read_json(old)
         if prev.get("inputs_sha256") == digest:
             return prev
+    from . import leaderboard as lb
+
     cells, bases, seen_base = [], [], set()
     by_name = {c.name: c for c in plan.cells}
     for rec in records:

@@ -22,14 +22,15 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from .io import write_json
 from .scores import ScoreConfig
-from .stats import (SCORE_FIELDS, Interval, bootstrap_indices, interval, score_columns, score_diff_intervals,
-                    score_intervals, score_samples)
+
+if TYPE_CHECKING:
+    import numpy as np
+
+SCORE_FIELDS = ("AS", "CQS", "ES", "MLS", "overall")  # as in stats (imported lazily: numpy is not needed to plan a grid)
 
 LABELS = {"AS": "AS", "CQS": "CQS", "ES": "ES", "MLS": "MLS", "overall": "Overall"}
 
@@ -77,7 +78,7 @@ def _fmt(x: float | None, digits: int = 1, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
-def _ci(iv: Interval, sign: bool = False) -> str:
+def _ci(iv: Any, sign: bool = False) -> str:
     return f"{_fmt(iv.point, sign=sign)} [{_fmt(iv.lo, sign=sign)}, {_fmt(iv.hi, sign=sign)}]"
 
 
@@ -97,6 +98,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def compute(cells: list[CellResult], baseline: str | None, varied: list[str], samples: int = 1000,
             confidence: float = 0.95, seed: int = 0, base_models: list[BaseModelResult] | None = None) -> dict[str, Any]:
     """Every number the leaderboard shows, as a JSON-able dict (the writers only format it)."""
+    from .stats import bootstrap_indices, score_columns, score_diff_intervals, score_intervals, score_samples
+
     ok = [c for c in cells if c.status == "ok" and c.predictions]
     failed = [c for c in cells if c not in ok]
     out: dict[str, Any] = {"varied": varied, "samples": samples, "confidence": confidence, "seed": seed,
@@ -156,6 +159,10 @@ def _others_equal(a: CellResult, b: CellResult, varied: list[str], skip: str) ->
 
 def _effect_row(fieldname: str, value: str, ref: str, pairs: list[tuple[str, str]], with_v: list[str], with_ref: list[str],
                 draws: dict[str, np.ndarray], points: dict[str, float], confidence: float) -> dict[str, Any] | None:
+    import numpy as np
+
+    from .stats import interval
+
     if pairs:
         pt = float(np.mean([points[a] - points[b] for a, b in pairs]))
         dr = np.mean([draws[a] - draws[b] for a, b in pairs], axis=0)
@@ -294,6 +301,8 @@ def _header(board: dict[str, Any], title: str) -> list[str]:
 
 
 def to_markdown(board: dict[str, Any], title: str, images: dict[str, str] | None = None) -> str:
+    from .stats import Interval
+
     varied = board["varied"]
     lines = _header(board, title)
     if board["rows"]:
