@@ -15,6 +15,7 @@ from . import __version__
 from .config import StageConfig, deep_merge, load_config, parse_overrides, read_preset, read_yaml, build
 from .errors import PartialRun, UserError
 from .io import check_readable, prepare_out_dir
+from .ablate import GridSpec
 from .curate import CurateConfig
 from .evaluate import EvalConfig, PredictionFields
 from .export import ExportConfig
@@ -284,17 +285,39 @@ def report_cmd(run_dir: Path = typer.Argument(..., help="run folder, eval folder
     console.print(f"report: {report(run_dir)}")
 
 
+CacheOpt = typer.Option(None, "--cache", help="stage cache folder, shared by runs and grids (default: <out>/cache)")
+
+
 @app.command("run")
 def run_cmd(config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
             out: Optional[Path] = typer.Option(None, "--out", "-o", help="run folder (default runs/<name>)"),
-            sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
-    """The whole loop from one config: problems, generate, curate, train, eval, report."""
+            sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt, cache: Optional[Path] = CacheOpt):
+    """The whole loop from one config: problems, generate, curate, train, eval, report.
+    Stages whose inputs did not change are taken from the stage cache."""
     from .run import RunConfig, run
 
     if not config and not preset:
         preset = "default"
     cfg = load_config(RunConfig, config, preset, sets)
-    run(cfg, out, overwrite)
+    run(cfg, out, overwrite, cache_dir=cache)
+
+
+@app.command("ablate")
+def ablate_cmd(grid: Path = typer.Argument(..., help="grid YAML: base config, fields to vary (grid:), explicit cells:"),
+               out: Optional[Path] = typer.Option(None, "--out", "-o", help="grid folder (default runs/<grid name>); rerun to resume"),
+               jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help=h(GridSpec, "jobs")),
+               threads: Optional[int] = typer.Option(None, "--threads", help=h(GridSpec, "threads")),
+               ray: Optional[str] = typer.Option(None, "--ray", help=h(GridSpec, "ray")),
+               retry_failed: Optional[bool] = typer.Option(None, "--retry-failed/--no-retry-failed", help=h(GridSpec, "retry_failed")),
+               sets: Optional[list[str]] = typer.Option(None, "--set", help="override a base config key for every cell: --set train.epochs=1"),
+               cache: Optional[Path] = CacheOpt):
+    """A grid of runs over any config field, every stage cached by the hash of its inputs; writes a
+    leaderboard (md, csv, html) with intervals, paired differences to the baseline and each field's effect."""
+    from .ablate import ablate, load_grid
+
+    check_readable(grid, "grid file")
+    spec = load_grid(grid, sets, {"jobs": jobs, "threads": threads, "ray": ray, "retry_failed": retry_failed})
+    ablate(spec, out, cache_dir=cache, source=str(grid))
 
 
 @app.command("config")

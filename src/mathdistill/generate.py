@@ -56,6 +56,8 @@ class GenerateConfig(ChatClientConfig):
     question_field: str = Field("question", description="--from-file: field with the question")
     answer_field: str = Field("answer", description="--from-file: field with the reference answer")
     reasoning_field: str = Field("reasoning", description="--from-file: field with the teacher's reasoning, if any")
+    reference_think: bool = Field(False, description="reference backend: write each chain as <think>working</think> "
+                                  "then its final answer line, as teacher outputs with inline think tags look")
     output_field: str = Field("output", description="--from-file: field with the teacher's output "
                               "(inline <think>...</think> is split off into the reasoning)")
 
@@ -71,12 +73,24 @@ def generate_out_dir(out: str | Path, overwrite: bool = False) -> Path:
     return prepare_out_dir(p, overwrite)
 
 
-def reference_traces(probs: Iterable[Problem], tally: Tally) -> list[Trace]:
+def think_wrapped(chain: str) -> str:
+    """``<think>`` + every line but the last + ``</think>`` + the last line (the final answer)."""
+    lines = chain.strip().splitlines()
+    if len(lines) < 2:
+        return chain.strip()
+    return "<think>\n" + "\n".join(lines[:-1]).strip() + "\n</think>\n\n" + lines[-1].strip()
+
+
+def reference_traces(probs: Iterable[Problem], tally: Tally, think: bool = False) -> list[Trace]:
     out = []
     for p in probs:
         chain = (p.meta or {}).get("reference_cot")
         if not chain:
             tally.add("no_reference_chain", p.id)
+            continue
+        if think:  # the tags stay in the visible output, as in the seed's task-1 rows; curate decides
+            out.append(Trace(problem_id=p.id, teacher="reference", sample=0, content=think_wrapped(chain),
+                             finish_reason="stop"))
             continue
         reasoning, content = split_think(chain)
         out.append(Trace(problem_id=p.id, teacher="reference", sample=0, reasoning=reasoning, content=content,
@@ -301,7 +315,7 @@ def generate(cfg: GenerateConfig, problems_path: str | Path | None, out_dir: str
             probs = made
         summary["imported_from"] = str(from_file)
     elif cfg.backend == "reference":
-        traces = reference_traces(probs, tally)
+        traces = reference_traces(probs, tally, think=cfg.reference_think)
     else:
         if cfg.backend == "openai" and (not cfg.base_url or not cfg.model):
             raise UserError("generate --backend openai needs --base-url URL and --model NAME")

@@ -1,0 +1,666 @@
+"""``ablate``: a grid of runs over any config field of any stage, every stage cached by the hash of its inputs.
+
+A grid file (``GridSpec``) is one base run config plus the fields to vary::
+
+    name: think-vs-rank
+    preset: default                 # the base: a preset, then base_config (a run YAML), then base (inline)
+    base: {train: {epochs: 1}}
+    grid:                           # lists expand as a product (dotted paths or nested mappings)
+      curate.keep_think: [false, true]
+      train: {lora_r: [8, 16]}
+    cells:                          # and/or explicit combinations
+      - {name: seed-recipe, set: {train.learning_rate: 8.0e-5, train.epochs: 3}}
+    baseline: keep_think=false,lora_r=8
+
+The whole grid is validated before any work (unknown fields, empty lists, values a stage rejects,
+impossible combinations: one line each). Every cell is scored on one eval set: the base config's eval
+split. Cells run through ``run.execute`` on one stage cache (``<out>/cache`` or ``--cache``), so cells share
+every stage whose inputs are equal, a rerun skips finished cells, and a killed grid resumes. A cell that
+fails is recorded with its reason and the others go on. ``--jobs N`` runs cells in N worker processes
+(each with ``cores // N`` torch threads); ``--ray ADDRESS`` runs them as Ray tasks, one GPU each when the
+cluster has GPUs (the cache folder must then be on a filesystem every node sees).
+
+Output folder: ``leaderboard.md|.csv|.html`` (see :mod:`leaderboard`), ``ablate.json`` (every cell's
+status, reason, stage keys, time spent), ``grid.yaml`` (the resolved grid), ``cells/<cell>/`` (its
+``scores.json`` in run's shape, ``cell.json``, ``log.txt``) and the stage cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+import itertools
+import json
+import os
+import re
+import sys
+import time
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from . import progress as _progress
+from .config import StageConfig, build, deep_merge, parse_overrides, read_preset, read_yaml
+from .errors import PartialRun, UserError
+from .io import read_json, read_jsonl, write_json
+from .run import (CachedFailure, Executed, RunConfig, StageStore, execute, per_model, problems_inputs,
+                  stage_config)
+from .problems import problems
+
+
+class GridError(UserError):
+    """The grid file is not valid; one line per problem."""
+
+
+class BootstrapConfig(StageConfig):
+    """How the leaderboard's intervals are drawn."""
+
+    samples: int = Field(1000, ge=10, description="bootstrap resamples of the eval problems")
+    confidence: float = Field(0.95, gt=0, lt=1, description="interval coverage")
+    seed: int = Field(0, description="seed of the resampling (one draw shared by every cell: paired differences)")
+
+
+class CellSpec(StageConfig):
+    """One explicit cell: a name and the fields it sets on top of the base config."""
+
+    name: str | None = Field(None, description="cell name (default: its field=value pairs)")
+    set: dict[str, Any] = Field(default_factory=dict, description="fields to set, dotted (train.lora_r) or nested")
+
+
+class GridSpec(StageConfig):
+    """An ablation grid: one base run config, the fields to vary, how to run the cells."""
+
+    name: str = Field("ablation", description="grid name (the output folder defaults to runs/<name>)")
+    preset: str | None = Field(None, description="base config: start from this preset")
+    base_config: str | None = Field(None, description="base config: a run YAML (relative to the grid file), over the preset")
+    base: dict[str, Any] = Field(default_factory=dict, description="base config: run config keys, over base_config")
+    grid: dict[str, Any] = Field(default_factory=dict, description="field -> list of values; the lists expand as a product")
+    cells: list[CellSpec] = Field(default_factory=list, description="explicit cells, in addition to the product")
+    baseline: str | None = Field(None, description="cell every other cell is compared with (default: the first cell)")
+    jobs: int = Field(1, ge=1, description="cells run at once, each in its own process (1: in this process)")
+    threads: int | None = Field(None, ge=1, description="torch threads per cell (default: CPU cores // jobs)")
+    ray: str | None = Field(None, description="run cells as Ray tasks on this cluster address (e.g. auto, ray://host:10001)")
+    retry_failed: bool = Field(False, description="rerun stages that failed before on the same inputs (default: report "
+                               "the recorded failure at once; network and memory errors are always retried)")
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+
+
+@dataclass
+class Cell:
+    name: str
+    values: dict[str, Any]  # dotted path -> value, for every varied field this cell sets
+    config: RunConfig
+    folder: str = ""
+
+
+@dataclass
+class Plan:
+    spec: GridSpec
+    base: RunConfig
+    cells: list[Cell]
+    varied: list[str]
+    baseline: str
+
+
+# ------------------------------------------------------------------------------------------- loading
+
+def load_grid(path: str | Path, sets: list[str] | None = None, extra: dict[str, Any] | None = None) -> GridSpec:
+    """Read a grid file; ``--set key=value`` pairs override its base config, ``extra`` its own fields (flags)."""
+    data = read_yaml(path)
+    spec = build(GridSpec, data, str(path))
+    upd: dict[str, Any] = {}
+    if spec.base_config and not Path(spec.base_config).is_absolute():
+        upd["base_config"] = str((Path(path).parent / spec.base_config).resolve())
+    if sets:
+        upd["base"] = deep_merge(spec.base, parse_overrides(sets))
+    upd.update({k: v for k, v in (extra or {}).items() if v is not None})
+    return build(GridSpec, {**spec.model_dump(), **upd}, str(path)) if upd else spec
+
+
+# ------------------------------------------------------------------------------------- schema walking
+
+def _unwrap(t: Any) -> Any:
+    """``X | None`` -> ``X``."""
+    if typing.get_origin(t) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(args) == 1:
+            return _unwrap(args[0])
+    return t
+
+
+def _is_model(t: Any) -> bool:
+    return isinstance(t, type) and issubclass(t, BaseModel)
+
+
+def _is_dict(t: Any) -> bool:
+    return typing.get_origin(t) is dict or t is dict
+
+
+def resolve_path(path: str) -> tuple[str, Any]:
+    """(``"model"`` | ``"dict"`` | ``"leaf"``, type) of a dotted RunConfig path; raises ``KeyError(message)``."""
+    t: Any = RunConfig
+    parts = path.split(".")
+    for i, seg in enumerate(parts):
+        where = ".".join(parts[:i]) or "the run config"
+        if _is_model(t):
+            if seg not in t.model_fields:
+                near = difflib.get_close_matches(seg, list(t.model_fields), n=1)
+                hint = f" (did you mean {'.'.join(parts[:i] + near)}?)" if near else f" (fields of {where}: {', '.join(t.model_fields)})"
+                raise KeyError(f"unknown field {path!r}{hint}")
+            t = _unwrap(t.model_fields[seg].annotation)
+        elif _is_dict(t):
+            args = typing.get_args(t)
+            t = _unwrap(args[1]) if len(args) == 2 else Any
+        elif t is Any:
+            continue
+        else:
+            raise KeyError(f"unknown field {path!r} ({where} is a value, it has no field {seg!r})")
+    kind = "model" if _is_model(t) else "dict" if _is_dict(t) else "leaf"
+    return kind, t
+
+
+def _flatten_axes(grid: dict[str, Any], prefix: str, errors: list[str]) -> dict[str, list[Any]]:
+    """``grid:`` mapping -> {dotted path: values}; nested mappings are paths, lists are the values."""
+    out: dict[str, list[Any]] = {}
+    for k, v in grid.items():
+        path = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten_axes(v, path + ".", errors))
+        elif isinstance(v, list):
+            out[path] = v
+        else:
+            errors.append(f"grid.{path}: expected a list of values, got {v!r} (write [{v!r}] for a single value, "
+                          "or put it in base:)")
+    return out
+
+
+def _flatten_set(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A cell's ``set:`` -> {dotted path: value}; descends into mappings only where the path is a config section."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        path = f"{prefix}{k}"
+        try:
+            kind, _ = resolve_path(path)
+        except KeyError:
+            kind = "leaf"  # reported by the caller
+        if isinstance(v, dict) and kind == "model":
+            out.update(_flatten_set(v, path + "."))
+        else:
+            out[path] = v
+    return out
+
+
+def _set_path(data: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """A copy of ``data`` with the dotted ``path`` replaced by ``value`` (not merged into it)."""
+    out = json.loads(json.dumps(data))
+    node = out
+    parts = path.split(".")
+    for p in parts[:-1]:
+        if not isinstance(node.get(p), dict):
+            node[p] = {}
+        node = node[p]
+    node[parts[-1]] = json.loads(json.dumps(value))
+    return out
+
+
+def _pydantic_line(e: ValidationError) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(x) for x in err["loc"])
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"unknown field {loc!r}"
+    inp = err.get("input")
+    got = f" (got {inp!r})" if not isinstance(inp, dict) and len(repr(inp)) < 80 else ""
+    return f"{loc}: {msg}{got}"
+
+
+EVAL_SPLIT_FIELDS = (re.compile(r"^problems\.eval_file$"), re.compile(r"^problems\.families\.[^.]+\.n_eval$"),
+                     re.compile(r"^eval_base$"))
+
+
+def _short_names(paths: list[str]) -> dict[str, str]:
+    """The shortest unique dotted suffix of each path (``train.lora_r`` -> ``lora_r``)."""
+    out = {}
+    for p in paths:
+        parts = p.split(".")
+        for k in range(1, len(parts) + 1):
+            s = ".".join(parts[-k:])
+            if sum(q == s or q.endswith("." + s) for q in paths) == 1:
+                out[p] = s
+                break
+        else:
+            out[p] = p
+    return out
+
+
+def _folder(name: str, taken: set[str]) -> str:
+    f = re.sub(r"[^A-Za-z0-9._=+,-]+", "_", name).strip("._") or "cell"
+    if len(f) > 80 or f in taken:
+        f = f[:70] + "-" + hashlib.sha256(name.encode()).hexdigest()[:8]
+    taken.add(f)
+    return f
+
+
+def base_data(spec: GridSpec) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    if spec.preset:
+        data = deep_merge(data, read_preset(spec.preset))
+    if spec.base_config:
+        data = deep_merge(data, read_yaml(spec.base_config))
+    return deep_merge(data, spec.base)
+
+
+def expand(spec: GridSpec, source: str = "grid") -> Plan:
+    """Every cell of the grid, fully validated; raises :class:`GridError` listing every problem, one per line."""
+    errors: list[str] = []
+    data = base_data(spec)
+    try:
+        base = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise GridError(f"{source}: base config: {_pydantic_line(e)}") from None
+
+    axes = _flatten_axes(spec.grid, "", errors)
+    for path, vals in axes.items():
+        try:
+            resolve_path(path)
+        except KeyError as e:
+            errors.append(f"grid.{path}: {e.args[0]}")
+            continue
+        if not vals:
+            errors.append(f"grid.{path}: empty list; give at least one value (or remove the field)")
+        keys = [json.dumps(v, sort_keys=True) for v in vals]
+        if len(set(keys)) != len(keys):
+            errors.append(f"grid.{path}: a value is listed twice in {vals!r}")
+        if any(p.match(path) for p in EVAL_SPLIT_FIELDS):
+            errors.append(f"grid.{path}: every cell is scored on the base config's eval set; this field cannot vary in a grid")
+    explicit: list[tuple[str | None, dict[str, Any]]] = []
+    for i, c in enumerate(spec.cells):
+        sets = _flatten_set(c.set)
+        if not sets:
+            errors.append(f"cells[{i}]: sets no field; give set: {{field: value}}")
+        for path in sets:
+            try:
+                resolve_path(path)
+            except KeyError as e:
+                errors.append(f"cells[{i}].set.{path}: {e.args[0]}")
+            if any(p.match(path) for p in EVAL_SPLIT_FIELDS):
+                errors.append(f"cells[{i}].set.{path}: every cell is scored on the base config's eval set; this field cannot vary")
+        explicit.append((c.name, sets))
+    if errors:
+        raise GridError(_lines(source, errors))
+
+    from .leaderboard import value_label
+
+    short = _short_names(list(dict.fromkeys([*axes, *(p for _, s in explicit for p in s)])))
+    raw: list[tuple[str, dict[str, Any]]] = []
+    if axes:
+        paths = list(axes)
+        for combo in itertools.product(*(axes[p] for p in paths)):
+            values = dict(zip(paths, combo))
+            raw.append((",".join(f"{short[p]}={value_label(v)}" for p, v in values.items()), values))
+    for i, (name, sets) in enumerate(explicit):
+        raw.append((name or ",".join(f"{short[p]}={value_label(v)}" for p, v in sets.items()), sets))
+    if not raw:
+        raise GridError(f"{source}: the grid has no cells; give grid: {{field: [values]}} or cells: [...]")
+
+    cells: list[Cell] = []
+    seen_names: dict[str, int] = {}
+    seen_cfg: dict[str, str] = {}
+    taken: set[str] = set()
+    for name, values in raw:
+        if name in seen_names:
+            errors.append(f"cell {name!r}: the name is used twice; give the explicit cells distinct names")
+            continue
+        seen_names[name] = 1
+        d = data
+        for path, v in values.items():
+            d = _set_path(d, path, v)
+        try:
+            cfg = RunConfig.model_validate(d)
+        except ValidationError as e:
+            errors.append(f"cell {name!r}: {_pydantic_line(e)}")
+            continue
+        key = json.dumps(cfg.model_dump(mode="json", exclude={"name"}), sort_keys=True)
+        if key in seen_cfg:
+            errors.append(f"cell {name!r}: same config as cell {seen_cfg[key]!r}; drop one of them")
+            continue
+        seen_cfg[key] = name
+        cells.append(Cell(name, values, cfg, _folder(name, taken)))
+    baseline = spec.baseline or (cells[0].name if cells else "")
+    if spec.baseline and spec.baseline not in seen_names:
+        near = difflib.get_close_matches(spec.baseline, list(seen_names), n=1)
+        errors.append(f"baseline: no cell is named {spec.baseline!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    if errors:
+        raise GridError(_lines(source, errors))
+    varied = list(dict.fromkeys([*axes, *(p for _, s in explicit for p in s)]))
+    return Plan(spec, base, cells, varied, baseline)
+
+
+def _lines(source: str, errors: list[str]) -> str:
+    if len(errors) == 1:
+        return f"{source}: {errors[0]}"
+    return f"{source}: {len(errors)} problems in the grid:\n" + "\n".join(f"  {e}" for e in errors)
+
+
+# ------------------------------------------------------------------------------------------ one cell
+
+@contextlib.contextmanager
+def _cell_log(path: Path):
+    """Send the cell's stage output (Rich console, progress lines, warnings) to its log file."""
+    from rich.console import Console
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    old = _progress.console  # info() and bar() print through this module global
+    with open(path, "a", encoding="utf-8") as fh:
+        _progress.console = Console(file=fh, highlight=False, soft_wrap=True)  # a file: plain lines, no colours
+        try:
+            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+                yield fh
+        finally:
+            _progress.console = old
+
+
+def _reason(stage: str | None, e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    what = msg if isinstance(e, (UserError, PartialRun)) else f"{type(e).__name__}: {msg}".rstrip(": ")
+    return f"{stage}: {what}" if stage and not what.startswith(f"{stage.split()[0]}:") else what
+
+
+def _stages_info(ex: Executed) -> dict[str, Any]:
+    return {k: {"key": r.key, "dir": str(r.dir), "executed": r.executed, "seconds": r.seconds} for k, r in ex.stages.items()}
+
+
+def run_cell(name: str, folder: str, values: dict[str, Any], config: dict[str, Any], cache: str, eval_file: str,
+             out_dir: str, threads: int | None = None, retry_failed: bool = False) -> dict[str, Any]:
+    """Run one cell through the stage cache; never raises for a failing cell: the record says why.
+
+    A plain function of JSON-able arguments, so a worker process or a Ray task can run it.
+    """
+    t0 = time.monotonic()
+    cell_dir = Path(out_dir) / "cells" / folder
+    cfg = RunConfig.model_validate(config)
+    if threads:
+        cfg.train.threads = threads  # not part of any stage key
+        cfg.eval.threads = threads
+    ex = Executed()
+    current: list[str | None] = [None]
+
+    def on_stage(stage: str, cached: bool) -> None:
+        current[0] = stage
+        if not cached:
+            print(f"== {stage}", flush=True)
+
+    status, reason = "ok", None
+    with _cell_log(cell_dir / "log.txt"):
+        print(f"== cell {name} ({time.strftime('%Y-%m-%d %H:%M:%S')}, pid {os.getpid()})", flush=True)
+        try:
+            execute(cfg, StageStore(cache, retry_failed), eval_problems=eval_file, label=name, on_stage=on_stage, ex=ex)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - a failing cell is a result, not a crash of the grid
+            status, reason = "failed", _reason(current[0], e)
+            print(f"cell failed: {reason}", flush=True)
+    rec = {"name": name, "folder": folder, "values": values, "status": status, "reason": reason,
+           "executed": ex.executed(), "cached": status == "ok" and not ex.executed(),
+           "seconds": round(time.monotonic() - t0, 3), "stages": _stages_info(ex), "pid": os.getpid()}
+    write_json(cell_dir / "cell.json", rec)
+    if status == "ok":
+        scores = {k: per_model(ex.scores[k]) for k in ("base", "student") if k in ex.scores}
+        scores["config"] = cfg.model_dump(mode="json")
+        write_json(cell_dir / "scores.json", scores)
+    return rec
+
+
+def _worker_init(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+# ---------------------------------------------------------------------------------------- progress
+
+class GridProgress:
+    """Cells done / cached / running / failed, with an ETA from the cells that ran."""
+
+    def __init__(self, total: int, jobs: int, stream=None):
+        from rich.console import Console
+
+        self.total, self.jobs = total, jobs
+        self.done = self.cached = self.failed = self.running = 0
+        self.ran_seconds: list[float] = []
+        self.todo = total
+        self.console = Console(file=stream or sys.stderr, highlight=False)
+        self.t0 = time.monotonic()
+
+    def eta(self) -> str:
+        left = self.todo + self.running
+        if not left:
+            return "0s"
+        if not self.ran_seconds:
+            return "?"
+        s = sum(self.ran_seconds) / len(self.ran_seconds) * left / max(1, min(self.jobs, left))
+        return f"{s / 60:.0f}m" if s >= 120 else f"{s:.0f}s"
+
+    def status(self) -> str:
+        return (f"[{self.done + self.cached + self.failed}/{self.total}] done {self.done} · cached {self.cached} · "
+                f"running {self.running} · failed {self.failed} · eta {self.eta()}")
+
+    def start(self, name: str) -> None:
+        self.todo -= 1
+        self.running += 1
+        self.console.print(f"ablate: started {name} · {self.status()}", soft_wrap=True)
+
+    def finish(self, rec: dict[str, Any]) -> None:
+        if rec.get("ran", True):
+            self.running -= 1
+        if rec["status"] != "ok":
+            self.failed += 1
+            what = f"FAILED: {rec['reason']}"
+        elif rec["cached"]:
+            self.cached += 1
+            what = "cached"
+        else:
+            self.done += 1
+            what = f"done in {rec['seconds']:.0f}s (ran {', '.join(rec['executed'])})"
+        if rec["executed"] or rec["status"] != "ok":
+            self.ran_seconds.append(rec["seconds"])
+        self.console.print(f"ablate: {rec['name']}: {what} · {self.status()}", soft_wrap=True, markup=False)
+
+
+# ---------------------------------------------------------------------------------------- the grid
+
+def _import_ray():
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError("--ray needs the ray package: pip install 'ray[default]' (or run the cells here with --jobs N)") from None
+    return ray
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | Path | None = None,
+           source: str = "grid") -> dict[str, Any]:
+    """Run every cell of the grid (reusing cached stages) and write the leaderboard; return ``ablate.json``.
+
+    Raises :class:`GridError` before any work when the grid is not valid, and :class:`PartialRun` at the
+    end when some cells failed (their reasons are in the leaderboard).
+    """
+    plan = expand(spec, source)
+    ray = _import_ray() if spec.ray else None
+    out = Path(out_dir or Path("runs") / spec.name).resolve()  # absolute: workers and Ray tasks get these paths
+    out.mkdir(parents=True, exist_ok=True)
+    store = StageStore(Path(cache_dir).resolve() if cache_dir else out / "cache", retry_failed=spec.retry_failed)
+    t0 = time.monotonic()
+    (out / "grid.yaml").write_text(yaml.safe_dump(
+        {**spec.model_dump(mode="json"), "expanded": [{"name": c.name, "folder": c.folder, "values": c.values}
+                                                       for c in plan.cells]}, sort_keys=False, allow_unicode=True),
+        encoding="utf-8")
+    jobs = spec.jobs
+    threads = spec.threads or max(1, _cores() // jobs)
+    _progress.info(f"ablate: {len(plan.cells)} cells over {', '.join(plan.varied) or '(no field)'}; "
+                   f"{'ray ' + spec.ray if ray else f'{jobs} job(s) x {threads} thread(s)'}; cache {store.root}")
+
+    # One eval set for every cell: the base config's eval split.
+    try:
+        ev = store.run("problems", stage_config("problems", plan.base.problems), problems_inputs(plan.base.problems),
+                       lambda d: problems(plan.base.problems, d), label="grid:eval set")
+    except UserError as e:
+        raise UserError(f"{source}: the base config's problems stage failed, so there is no eval set: {e}") from None
+    eval_file = str(ev.dir / "eval.jsonl")
+
+    prog = GridProgress(len(plan.cells), jobs)
+    records: dict[str, dict[str, Any]] = {}
+    todo: list[Cell] = []
+    for c in plan.cells:  # cells whose every stage is cached finish here, without loading a model
+        try:
+            execute(c.config, store, eval_problems=eval_file, label=c.name, dry=True)
+        except CachedFailure:
+            pass  # fails again at once, here: no worker needed
+        except Exception:  # noqa: BLE001 - NotCached, or an error the cell will report when it runs
+            todo.append(c)
+            continue
+        rec = run_cell(c.name, c.folder, c.values, c.config.model_dump(mode="json"), str(store.root), eval_file, str(out),
+                       None, spec.retry_failed)
+        rec["ran"] = False
+        prog.todo -= 1
+        prog.finish(rec)
+        records[c.name] = rec
+
+    args = lambda c: (c.name, c.folder, c.values, c.config.model_dump(mode="json"), str(store.root), eval_file,  # noqa: E731
+                      str(out), threads, spec.retry_failed)
+    if todo and ray is not None:
+        for rec in _run_ray(ray, spec.ray, todo, args, prog):
+            records[rec["name"]] = rec
+    elif todo and jobs > 1:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=get_context("spawn"),
+                                 initializer=_worker_init, initargs=(threads,)) as pool:
+            futs = {}
+            for c in todo:
+                futs[pool.submit(run_cell, *args(c))] = c
+            for c in todo[: min(jobs, len(todo))]:
+                prog.start(c.name)
+            queued = todo[min(jobs, len(todo)):]
+            for f in as_completed(futs):
+                c = futs[f]
+                try:
+                    rec = f.result()
+                except Exception as e:  # noqa: BLE001 - the worker process itself died
+                    rec = {"name": c.name, "folder": c.folder, "values": c.values, "status": "failed",
+                           "reason": _reason(None, e), "executed": [], "cached": False, "seconds": 0.0, "stages": {}}
+                prog.finish(rec)
+                records[c.name] = rec
+                if queued:
+                    prog.start(queued.pop(0).name)
+    else:
+        for c in todo:
+            prog.start(c.name)
+            rec = run_cell(*args(c))
+            prog.finish(rec)
+            records[c.name] = rec
+
+    ordered = [records[c.name] for c in plan.cells]
+    board = leaderboard(plan, ordered, out)
+    summary = {"name": spec.name, "cells": ordered, "baseline": plan.baseline, "varied": plan.varied,
+               "eval_file": eval_file, "cache": str(store.root), "jobs": jobs, "threads": threads,
+               "wall_s": round(time.monotonic() - t0, 3),
+               "counts": {"total": len(ordered), "ok": sum(r["status"] == "ok" for r in ordered),
+                          "cached": sum(bool(r["cached"]) for r in ordered),
+                          "failed": sum(r["status"] != "ok" for r in ordered)}}
+    write_json(out / "ablate.json", summary)
+    top = board["rows"][0] if board["rows"] else None
+    _progress.info(f"ablate: {summary['counts']['ok']} of {len(ordered)} cells scored "
+                   f"({summary['counts']['cached']} from cache) in {summary['wall_s']:.0f}s"
+                   + (f"; best {top['name']} Overall {top['scores']['overall']['point']:.1f}" if top else "")
+                   + f"; leaderboard in {out / 'leaderboard.md'}")
+    if summary["counts"]["failed"]:
+        raise PartialRun(f"ablate: {summary['counts']['failed']} of {len(ordered)} cells failed (reasons in "
+                         f"{out / 'leaderboard.md'}); the others are scored")
+    return summary
+
+
+def _run_ray(ray, address: str, todo: list[Cell], args, prog: GridProgress):
+    """Cells as Ray tasks, one GPU each when the cluster has GPUs (one task per free CPU otherwise)."""
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    task = ray.remote(num_gpus=gpus, max_retries=0)(run_cell)
+    pending = {}
+    for c in todo:
+        pending[task.remote(*args(c))] = c
+        prog.start(c.name)
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        c = pending.pop(done[0])
+        try:
+            rec = ray.get(done[0])
+        except Exception as e:  # noqa: BLE001 - the task itself died (node lost, out of memory)
+            rec = {"name": c.name, "folder": c.folder, "values": c.values, "status": "failed", "reason": _reason(None, e),
+                   "executed": [], "cached": False, "seconds": 0.0, "stages": {}}
+        prog.finish(rec)
+        yield rec
+
+
+def leaderboard(plan: Plan, records: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Read every scored cell's predictions from the cache and write the leaderboard files.
+
+    The leaderboard is a function of the cells' eval outputs (by stage key), their values and reasons, and the
+    bootstrap settings; when those equal the ones recorded in ``leaderboard.json``, the files are kept as they are.
+    """
+    from importlib.util import find_spec
+
+    inputs = {"cells": [[r["name"], r["values"], r["status"], r["reason"],
+                         {k: v["key"] for k, v in r["stages"].items() if k.startswith("eval")}] for r in records],
+              "baseline": plan.baseline, "varied": plan.varied, "bootstrap": plan.spec.bootstrap.model_dump(),
+              "title": plan.spec.name,
+              "code": _source_digest(find_spec("mathdistill.leaderboard").origin, find_spec("mathdistill.stats").origin, __file__)}
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
+    old = out / "leaderboard.json"
+    if old.is_file() and all((out / f).is_file() for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.html")):
+        prev = read_json(old)
+        if prev.get("inputs_sha256") == digest:
+            return prev
+    from . import leaderboard as lb
+
+    cells, bases, seen_base = [], [], set()
+    by_name = {c.name: c for c in plan.cells}
+    for rec in records:
+        cfg = by_name[rec["name"]].config
+        cr = lb.CellResult(rec["name"], rec["values"], rec["status"], rec["reason"], score=cfg.eval.score)
+        if rec["status"] == "ok":
+            ev_dir = Path(rec["stages"]["eval student"]["dir"])
+            s = read_json(ev_dir / "scores.json")
+            cr.predictions = read_jsonl(ev_dir / "predictions.jsonl")
+            cr.model_bytes, cr.cqs_kind = s["model_bytes"], s.get("cqs_kind", "proxy")
+            b = rec["stages"].get("eval base")
+            if b and b["dir"] not in seen_base:
+                seen_base.add(b["dir"])
+                bs = read_json(Path(b["dir"]) / "scores.json")
+                bases.append(lb.BaseModelResult(cfg.train.base_model, read_jsonl(Path(b["dir"]) / "predictions.jsonl"),
+                                                bs["model_bytes"], cfg.eval.score))
+        cells.append(cr)
+    bc = plan.spec.bootstrap
+    board = lb.compute(cells, plan.baseline, plan.varied, bc.samples, bc.confidence, bc.seed, bases)
+    board["inputs_sha256"] = digest
+    lb.write(board, out, plan.spec.name)
+    return board
+
+
+def _source_digest(*files: str) -> str:
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).read_bytes())
+    return h.hexdigest()[:16]
