@@ -27,8 +27,9 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e"
 
+# Every benchmark, one after the other (each prints its ratios against a baseline measured in the same run).
 bench: install
-	$(BIN)/python benchmarks/run_all.py
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
