@@ -299,8 +299,7 @@ def format_like(value: Fraction, claimed: str) -> str | None:
     elif value.denominator == 1:
         places = 0
     else:
-        s2 = format_number(value, 2)
-        return s2 if "," not in s else None
+        return format_number(value, 2) if "," not in s else None
     q = int(abs(value) * 10**places + Fraction(1, 2))  # rounded half away from zero
     whole, frac = divmod(q, 10**places)
     out = (f"{whole:,}" if "," in s else str(whole)) + (f".{frac:0{places}d}" if places else "")
