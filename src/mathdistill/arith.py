@@ -15,6 +15,7 @@ MAX_EXPR_CHARS = 200  # longer candidate expressions are not parsed (bounded wor
 MAX_DIGITS = 30  # results with more digits than this are not checked
 
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+NUMBER = _NUM  # a number as written: 12, 1,200, 3.5, .5
 _TOKEN = re.compile(rf"\s*(?:(?P<num>{_NUM})|(?P<op>\*\*|[-+*/×÷·−–()%^])|(?P<of>of\b))")
 # "x" multiplies only between numbers ("22 x 11", "3x4"); "3x + 2" is algebra
 _TIMES_X = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])")
@@ -306,7 +307,7 @@ def format_like(value: Fraction, claimed: str) -> str | None:
     return ("-" if value < 0 and q else "") + out
 
 
-def _number_at(old: str) -> re.Pattern:
+def whole_number(old: str) -> re.Pattern:
     """``old`` as a whole number: not inside a longer number (``12`` in ``112`` or ``12.5``)."""
     return re.compile(rf"(?<![\d.,]){re.escape(old)}(?!\d|[.,]\d)")
 
@@ -355,6 +356,6 @@ def repair_steps(text: str, propagate: bool = True, start: int = 0, max_fixes: i
                           else "format")
         if not _close(bad.value, parse_number(new) or Fraction(0), new) or new == old:
             return Repair(text, tuple(fixes), False, "format")
-        tail, n = _number_at(old).subn(new, text[b:]) if propagate else (text[b:], 0)
+        tail, n = whole_number(old).subn(new, text[b:]) if propagate else (text[b:], 0)
         text = text[:a] + new + tail
         fixes.append(Fix(bad.expr, old, new, n))
