@@ -205,18 +205,18 @@ def noisy_reference_traces(probs: Iterable[Problem], noise: "ReferenceNoise", sa
             rng = random.Random(f"{noise.seed}|{p.id}|{k}")
             draws = {kind: rng.random() < getattr(noise, kind) for kind in ("wrong_answer", "arith_slip", "think", "verbose")}
             carried = rng.random() < noise.slip_carried
-            text, applied = chain, []
+            text, applied, missed = chain, [], []  # missed: drawn, but the chain has no step it can change
             if draws["wrong_answer"]:
                 t = _misread(text, rng)
                 if t is None or (p.answer is not None and answers_equal(extract_answer(t), p.answer)):
-                    tally.add("simulated_noise: wrong_answer_not_applicable", p.id)
+                    missed.append("wrong_answer")
                 else:
                     text = t
                     applied.append("wrong_answer")
             if draws["arith_slip"]:
                 t = _slip(text, rng, carried)
                 if t is None:
-                    tally.add("simulated_noise: arith_slip_not_applicable", p.id)
+                    missed.append("arith_slip")
                 else:
                     text = t
                     applied.append("arith_slip_carried" if carried else "arith_slip")
@@ -228,7 +228,7 @@ def noisy_reference_traces(probs: Iterable[Problem], noise: "ReferenceNoise", sa
                 applied.append("think")
             # the tags stay in the visible output, as reference_think does; curate's strip_think splits them
             out.append(Trace(problem_id=p.id, teacher=NOISY_TEACHER, sample=k, content=text, finish_reason="stop"))
-            log.append({"problem_id": p.id, "sample": k, "applied": applied})
+            log.append({"problem_id": p.id, "sample": k, "applied": applied, "not_applicable": missed})
     return out, log
 
 
@@ -454,7 +454,8 @@ def generate(cfg: GenerateConfig, problems_path: str | Path | None, out_dir: str
         applied = Counter(a for r in log for a in r["applied"])
         summary["simulated_noise"] = {
             "note": "SIMULATED teacher errors put into reference chains on purpose; these traces are not teacher outputs",
-            "traces": len(log), "untouched": sum(not r["applied"] for r in log), "applied": dict(sorted(applied.items()))}
+            "traces": len(log), "untouched": sum(not r["applied"] for r in log), "applied": dict(sorted(applied.items())),
+            "not_applicable": dict(sorted(Counter(a for r in log for a in r["not_applicable"]).items()))}
         info(f"generate: reference chains with SIMULATED teacher errors (not teacher outputs): "
              f"{', '.join(f'{k} {v}' for k, v in sorted(applied.items())) or 'none applied'} of {len(log)} traces")
     elif cfg.backend == "reference":
