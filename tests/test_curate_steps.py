@@ -107,6 +107,68 @@ def test_arith_check_drops_or_keeps_wrong_steps(tmp_path):
     assert rep["counts"]["counts"]["arith_check: wrong_step_kept"] == 3  # 3 + 5 = 9, 15 * 3 = 35, 7 * 6 = 43
 
 
+ARITH_Q = {"a": ("What is 7 * 6?", "42"), "b": ("Tom has 3 apples and buys 5 more. How many now?", "8"),
+           "c": ("A family eats 2 + 3 + 3 pizzas a day. How many in 30 days?", "240"), "d": ("What is 5 + 7?", None)}
+
+
+@pytest.mark.parametrize("problem,output,expected", [
+    # family: a wrong result written once, the answer does not rest on it: that number is fixed
+    ("a", "7 * 6 = 43\nThe answer is 42.", "7 * 6 = 42\nThe answer is 42."),
+    ("c", "2 + 3 + 3 = 9 pizzas a day.\n8 * 30 = 240 pizzas.\n#### 240", "2 + 3 + 3 = 8 pizzas a day.\n8 * 30 = 240 pizzas.\n#### 240"),
+    # family: the chain went on with the wrong value: recomputed, kept because the answer now equals the reference
+    ("b", "3 + 5 = 9\nThe answer is 9.", "3 + 5 = 8\nThe answer is 8."),
+    ("c", "2 + 3 + 3 = 9 pizzas a day.\n9 * 30 = 270 pizzas.\n#### 270", "2 + 3 + 3 = 8 pizzas a day.\n8 * 30 = 240 pizzas.\n#### 240"),
+    # family: a repair that does not give a consistent, verified chain is dropped and counted
+    ("a", "7 * 6 = 43\n43 + 1 = 44\nThe answer is 44.", "unrepairable_answer"),  # recomputed: 43, not 42
+    ("d", "5 + 7 = 13\nThe answer is 13.", "unrepairable_no_reference"),       # answer changed, nothing to check it
+    ("a", "12 + 35 = 50 + 35 = 85\nThe answer is 42.", "unrepairable_expression"),
+    ("a", "0.2 * 100 = 25%\nThe answer is 42.", "unrepairable_format"),
+    # family: right chains pass untouched
+    ("a", "7 * 6 = 42\n#### 42", "7 * 6 = 42\n#### 42"),
+])
+def test_arith_check_repair(tmp_path, problem, output, expected):
+    probs = tmp_path / "p.jsonl"
+    probs.write_text("".join(json.dumps({"id": k, "question": q, "answer": a}) + "\n" for k, (q, a) in ARITH_Q.items()))
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(json.dumps({"problem_id": problem, "content": output}) + "\n")
+    cfg = CurateConfig(steps=["arith_check"], arith_check={"action": "repair"}, plot=False)
+    if expected.startswith("unrepairable"):
+        with pytest.raises(UserError, match="empty after curation"):
+            curate(cfg, traces, [probs], tmp_path / "o")
+        rep = json.loads((tmp_path / "o" / "curate_report.json").read_text())
+        assert rep["counts"]["counts"] == {f"arith_check: {expected}": 1}
+        assert rep["steps"][0]["removed"] == 1 and rep["steps"][0]["repaired"] == 0
+        return
+    rep = curate(cfg, traces, [probs], tmp_path / "o")
+    rows = json.loads((tmp_path / "o" / "dataset.json").read_text())
+    assert [r["output"] for r in rows] == [expected]
+    changed = int(expected != output)
+    assert rep["steps"][0]["repaired"] == changed and rep["steps"][0]["removed"] == 0
+    assert rep["counts"]["counts"].get("arith_check: repaired", 0) == changed
+
+
+def test_arith_check_repair_in_the_report_and_with_think(tmp_path):
+    rep, rows = run(tmp_path, steps=CLEAN + ["arith_check"], arith_check={"action": "repair"}, plot=True)
+    k = kept(rows)
+    assert "7 * 6 = 42\nThe answer is 42." in k["p09"] and "3 + 5 = 8\nThe answer is 8." in k["p01"]
+    assert "15 * 3 = 45\n答案是45" in k["p05"]
+    arith = next(s for s in rep["steps"] if s["step"] == "arith_check")
+    assert (arith["repaired"], arith["steps_repaired"], arith["removed"]) == (3, 3, 0)
+    c = rep["counts"]["counts"]
+    assert (c["arith_check: repaired"], c["arith_check: steps_repaired"], c["arith_check: later_uses_repaired"]) == (3, 3, 2)
+    assert f"{TRACES}:22: p09 (7 * 6 = 43 -> 42)" in rep["counts"]["examples"]["arith_check: repaired"]
+    md = (tmp_path / "out" / "curate_report.md").read_text(encoding="utf-8")
+    assert "## Repaired per step" in md and "| arith_check | 3 | 3 |" in md
+    assert (tmp_path / "out" / "curate_report.png").stat().st_size > 10_000
+    # with keep_think the think part is checked and repaired too, and stays a think part
+    traces = tmp_path / "t.jsonl"
+    traces.write_text(json.dumps({"problem_id": "p09", "content": "<think>7 * 6 = 43, so 43</think>The answer is 43."}) + "\n")
+    rep = curate(CurateConfig(steps=["strip_think", "arith_check"], keep_think=True, arith_check={"action": "repair"},
+                              plot=False), traces, [PROBLEMS], tmp_path / "k")
+    out = json.loads((tmp_path / "k" / "dataset.json").read_text())[0]["output"]
+    assert out == "<think>\n7 * 6 = 42, so 42\n</think>\n\nThe answer is 42."
+
+
 def test_length_filter_in_student_tokens(tmp_path, tiny_model):
     from transformers import AutoTokenizer
 

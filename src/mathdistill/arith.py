@@ -7,7 +7,7 @@ built-in solver's chains. Values are :class:`fractions.Fraction`, so ``0.1 + 0.2
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import lru_cache
 
@@ -15,6 +15,7 @@ MAX_EXPR_CHARS = 200  # longer candidate expressions are not parsed (bounded wor
 MAX_DIGITS = 30  # results with more digits than this are not checked
 
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
+NUMBER = _NUM  # a number as written: 12, 1,200, 3.5, .5
 _TOKEN = re.compile(rf"\s*(?:(?P<num>{_NUM})|(?P<op>\*\*|[-+*/×÷·−–()%^])|(?P<of>of\b))")
 # "x" multiplies only between numbers ("22 x 11", "3x4"); "3x + 2" is algebra
 _TIMES_X = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])")
@@ -170,6 +171,8 @@ class Step:
     claimed: str  # right-hand side as written
     value: Fraction  # exact value of the left-hand side
     ok: bool
+    # (start, end) of the right-hand side as written: in its line from find_steps, in the text from located_steps
+    span: tuple[int, int] | None = field(default=None, compare=False)
 
 
 _LHS_TAIL = re.compile(r"[\d\s.,+\-−–*/×÷·()%^$]*$")
@@ -214,7 +217,10 @@ def _line_steps(line: str) -> tuple[Step, ...]:
     """The steps of one line; cached, since samples of one problem repeat their lines (curate checks 100k chains)."""
     steps: list[Step] = []
     parts = normalize(line).split("=")
+    raw = line.split("=")  # normalize() never adds or removes an "=": the same parts, as written
+    offset = 0
     for k in range(1, len(parts)):
+        offset += len(raw[k - 1]) + 1
         left, right = parts[k - 1], parts[k]
         rm = _RHS_HEAD.match(right)
         if not rm:
@@ -223,14 +229,20 @@ def _line_steps(line: str) -> tuple[Step, ...]:
         claimed_text = rm.group(1).replace(" ", "")
         if re.match(r"\s*[-+*/×÷^]\s*[\d(]", after):
             # the right side is an expression ("= 50 + 35 = 85"): compare values
-            rhs = _RHS_EXPR.match(right).group(0).strip().rstrip(".,").replace("$", "")
+            seg = _RHS_EXPR.match(right).group(0)
+            rhs = seg.strip().rstrip(".,").replace("$", "")
             try:
                 claimed, _ = evaluate(rhs)
             except ArithError:
                 continue
             claimed_text = rhs
+            seg = _RHS_EXPR.match(raw[k]).group(0)
+            lead = len(seg) - len(seg.lstrip())
+            span = (offset + lead, offset + lead + len(seg.strip().rstrip(".,")))
         else:
             claimed = parse_number(claimed_text)
+            om = _RHS_HEAD.match(raw[k])
+            span = (offset + om.start(1), offset + om.end(1)) if om else None
         if claimed is None:
             continue
         for cand in _lhs_candidates(left):
@@ -240,7 +252,7 @@ def _line_steps(line: str) -> tuple[Step, ...]:
                 continue
             if ops < 1:
                 break
-            steps.append(Step(cand.strip(), claimed_text, value, _close(value, claimed, claimed_text)))
+            steps.append(Step(cand.strip(), claimed_text, value, _close(value, claimed, claimed_text), span))
             break
     return tuple(steps)
 
@@ -253,3 +265,97 @@ def _close(value: Fraction, claimed: Fraction, claimed_text: str) -> bool:
         return False
     places = len(m.group(1))
     return abs(value - claimed) <= Fraction(1, 2 * 10**places)
+
+
+# ------------------------------------------------------------------------------------------ repair
+
+def located_steps(text: str, max_steps: int = 200) -> list[Step]:
+    """:func:`find_steps` with each step's ``span`` counted in ``text`` (not in its line)."""
+    out: list[Step] = []
+    pos = 0
+    for piece in text.splitlines(keepends=True):
+        line = piece.splitlines()[0] if piece.strip("\r\n\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029") else ""
+        if "=" in line:
+            for s in _line_steps(line):
+                out.append(replace(s, span=(pos + s.span[0], pos + s.span[1])) if s.span else s)
+                if len(out) >= max_steps:
+                    return out
+        pos += len(piece)
+    return out
+
+
+_PLAIN = re.compile(rf"-?(?:{_NUM})%?")
+
+
+def format_like(value: Fraction, claimed: str) -> str | None:
+    """``value`` written the way ``claimed`` is: its decimal places (``24.0``), thousands separators (``1,200``);
+    a claim without decimals gives an integer, or up to 2 decimals when the value is not whole. None when
+    ``claimed`` is not a plain number (``50 + 35``) or is a percentage (``0.2 * 100 = 25%`` may mean 20 or 20 %)."""
+    s = claimed.strip().replace(" ", "").replace("−", "-")
+    if not _PLAIN.fullmatch(s) or s.endswith("%"):
+        return None
+    m = re.search(r"\.(\d+)$", s)
+    if m:
+        places = len(m.group(1))
+    elif value.denominator == 1:
+        places = 0
+    else:
+        return format_number(value, 2) if "," not in s else None
+    q = int(abs(value) * 10**places + Fraction(1, 2))  # rounded half away from zero
+    whole, frac = divmod(q, 10**places)
+    out = (f"{whole:,}" if "," in s else str(whole)) + (f".{frac:0{places}d}" if places else "")
+    return ("-" if value < 0 and q else "") + out
+
+
+def whole_number(old: str) -> re.Pattern:
+    """``old`` as a whole number: not inside a longer number (``12`` in ``112`` or ``12.5``)."""
+    return re.compile(rf"(?<![\d.,]){re.escape(old)}(?!\d|[.,]\d)")
+
+
+@dataclass(frozen=True)
+class Fix:
+    expr: str  # left-hand side of the step
+    old: str  # the wrong result as written
+    new: str  # the exact value, in the same style
+    reused: int  # later occurrences of ``old`` that became ``new`` too
+
+
+@dataclass(frozen=True)
+class Repair:
+    text: str
+    fixes: tuple[Fix, ...]
+    ok: bool  # every step (from ``start`` on) holds in ``text``
+    reason: str | None = None  # why not: "expression" (a wrong step's right side is an expression),
+    #                            "format" (the value cannot be written in the claim's style), "too_many"
+
+    @property
+    def reused(self) -> int:
+        return sum(f.reused for f in self.fixes)
+
+
+def repair_steps(text: str, propagate: bool = True, start: int = 0, max_fixes: int = 20) -> Repair:
+    """Replace wrong ``a op b = c`` results with the exact value, first wrong step first, each in its own style.
+
+    With ``propagate``, later occurrences of the wrong number (as a whole number, e.g. a step that reused it, or
+    the final answer line) become the new value too, and the next round re-checks every later step on the new
+    text: a chain that went on with a wrong value is recomputed from it. Steps whose result starts before
+    ``start`` are left as written. Bounded: at most ``max_fixes`` rounds, each one ``find_steps`` pass.
+    """
+    fixes: list[Fix] = []
+    while True:
+        bad = next((s for s in located_steps(text) if not s.ok and s.span and s.span[0] >= start), None)
+        if bad is None:
+            return Repair(text, tuple(fixes), True)
+        if len(fixes) >= max_fixes:
+            return Repair(text, tuple(fixes), False, "too_many")
+        a, b = bad.span  # type: ignore[misc]
+        old = text[a:b]
+        new = format_like(bad.value, old)
+        if new is None:
+            return Repair(text, tuple(fixes), False, "expression" if _PLAIN.fullmatch(old.replace(" ", "")) is None
+                          else "format")
+        if not _close(bad.value, parse_number(new) or Fraction(0), new) or new == old:
+            return Repair(text, tuple(fixes), False, "format")
+        tail, n = whole_number(old).subn(new, text[b:]) if propagate else (text[b:], 0)
+        text = text[:a] + new + tail
+        fixes.append(Fix(bad.expr, old, new, n))

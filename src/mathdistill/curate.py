@@ -6,7 +6,7 @@ Steps (each optional; ``steps`` lists the ones that run, in order; each has its 
   drop_truncated  drop rows the teacher stopped for length (``finish_reason: length``)
   majority_vote   problems without a reference: label them with the answer most samples agree on
   verify_answer   keep rows whose final answer equals the reference (or the vote's label): rejection sampling
-  arith_check     rows whose ``a op b = c`` steps do not hold: drop them, or keep and count them
+  arith_check     rows whose ``a op b = c`` steps do not hold: drop them, keep and count them, or repair them
   select          per problem: the k shortest rows, or the first k
   length_filter   keep outputs whose length in student-tokenizer tokens is within [min_tokens, max_tokens]
   decontaminate   drop rows whose question shares an n-gram (13 words) with an eval question
@@ -114,7 +114,12 @@ class DecontaminateConfig(StageConfig):
 class ArithCheckConfig(StageConfig):
     """arith_check: chains whose ``a op b = c`` steps (arith.find_steps, exact) do not all hold."""
 
-    action: Literal["drop", "keep"] = Field("drop", description="drop such rows, or keep them and count them")
+    action: Literal["drop", "keep", "repair"] = Field(
+        "drop", description="drop such rows; keep them and count them; or repair: write the exact result in place of "
+        "each wrong one (and, where the chain reused the wrong number, recompute it from there); a row is kept only "
+        "when every step then holds and its final answer is unchanged, or changed to one equal to the reference "
+        "(or the vote's label); other rows are dropped and counted")
+    max_fixes: int = Field(20, ge=1, description="repair: most wrong results fixed in one chain (more: dropped)")
 
 
 FormatName = Literal["alpaca_json", "alpaca_jsonl", "sharegpt", "messages", "parquet"]
@@ -203,6 +208,7 @@ class Ctx:
     eval_paths: list[Path]
     grade: GradeStats = field(default_factory=GradeStats)
     agreement: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, dict[str, int]] = field(default_factory=dict)  # step -> counts beside "removed" (repaired rows)
     _tok: Any = None
 
     @property
@@ -383,12 +389,47 @@ def _verify_answer(rows: list[Row], ctx: Ctx) -> list[Row]:
     return keep
 
 
+def _repair(r: Row, ctx: Ctx, text: str) -> str | None:
+    """Repair ``r``'s wrong steps in place; None when done, else why it cannot be (the row is then dropped)."""
+    from .arith import repair_steps
+
+    rep = repair_steps(text, max_fixes=ctx.cfg.arith_check.max_fixes)
+    if not rep.ok:
+        return rep.reason or "unknown"
+    before, after = extract_answer(text), extract_answer(rep.text)
+    if rep.reused or after != before:  # the answer rests on a repaired value: it must match the reference now
+        ref = r.problem.answer if r.problem.answer is not None else r.label
+        if ref is None:
+            return "no_reference"
+        if after is None or not answers_equal(after, ref, _grade_opts(ctx.cfg), ctx.grade):
+            return "answer"
+    if ctx.cfg.keep_think and r.reasoning:
+        reasoning, content = split_think(rep.text)
+        r.reasoning, r.output = reasoning, content
+    else:
+        r.output = rep.text
+    r.changed()
+    ctx.tally.add("arith_check: repaired", f"{r.where}: {r.pid} (" + "; ".join(
+        f"{f.expr} = {f.old} -> {f.new}" + (f", {f.reused} later use(s)" if f.reused else "") for f in rep.fixes[:3]) + ")")
+    ctx.tally.add("arith_check: steps_repaired", n=len(rep.fixes))
+    if rep.reused:
+        ctx.tally.add("arith_check: later_uses_repaired", n=rep.reused)
+    ex = ctx.extra.setdefault("arith_check", {"repaired": 0, "steps_repaired": 0})
+    ex["repaired"] += 1
+    ex["steps_repaired"] += len(rep.fixes)
+    return None
+
+
 def _arith_check(rows: list[Row], ctx: Ctx) -> list[Row]:
     from .arith import find_steps
 
+    action = ctx.cfg.arith_check.action
+    if action == "repair":
+        ctx.extra["arith_check"] = {"repaired": 0, "steps_repaired": 0}
     keep = []
     for r in rows:
-        steps = find_steps(r.text(ctx.cfg.keep_think))
+        text = r.text(ctx.cfg.keep_think)
+        steps = find_steps(text)
         bad = [s for s in steps if not s.ok]
         if not steps:
             ctx.tally.add("arith_check: no_steps")
@@ -396,11 +437,17 @@ def _arith_check(rows: list[Row], ctx: Ctx) -> list[Row]:
             keep.append(r)
             continue
         detail = f"{bad[0].expr} = {bad[0].claimed} (is {bad[0].value})"
-        if ctx.cfg.arith_check.action == "drop":
+        if action == "drop":
             _drop(ctx, "arith_check: wrong_step", r, detail)
-        else:
+        elif action == "keep":
             ctx.tally.add("arith_check: wrong_step_kept", f"{r.where}: {r.pid} ({detail})")
             keep.append(r)
+        else:
+            why = _repair(r, ctx, text)
+            if why is None:
+                keep.append(r)
+            else:
+                _drop(ctx, f"arith_check: unrepairable_{why}", r, detail)
     return keep
 
 
@@ -743,9 +790,21 @@ def _plot(path: Path, report: dict[str, Any], before: list[int], after: list[int
     steps = report["steps"]
     names = [s["step"] for s in steps][::-1]
     vals = [s["removed"] for s in steps][::-1]
-    bars = ax.barh(names, vals, color="#c0504d")
-    ax.bar_label(bars, fontsize=8)
-    ax.set_xlabel("rows removed")
+    if any("repaired" in s for s in steps):  # rows a step changed and kept, beside the rows it removed
+        ys = range(len(names))
+        bars = ax.barh([y + 0.2 for y in ys], vals, 0.4, color="#c0504d", label="removed")
+        ax.bar_label(bars, fontsize=8)
+        rep = ax.barh([y - 0.2 for y in ys], [s.get("repaired", 0) for s in steps][::-1], 0.4, color="#4f9a4f",
+                      label="repaired (kept)")
+        ax.bar_label(rep, labels=[f"{s['repaired']} ({s['steps_repaired']} steps)" if "repaired" in s else ""
+                                  for s in steps][::-1], fontsize=8)
+        ax.set_yticks(list(ys), names)
+        ax.legend(fontsize=8)
+        ax.set_xlabel("rows removed / repaired")
+    else:
+        bars = ax.barh(names, vals, color="#c0504d")
+        ax.bar_label(bars, fontsize=8)
+        ax.set_xlabel("rows removed")
     ax.set_title(f"{report['rows_in']} rows in -> {report['rows_out']} rows out")
     ax = axes[0][1]
     hi = max(before + after + [1])
@@ -792,6 +851,10 @@ def _markdown(report: dict[str, Any], plot: str | None) -> str:
          f"(formats: {', '.join(report['files'].values()) or 'none'}).", "",
          "## Removed per step", "", "| step | in | out | removed |", "|---|---|---|---|"]
     L += [f"| {s['step']} | {s['in']} | {s['out']} | {s['removed']} |" for s in report["steps"]]
+    repaired = [s for s in report["steps"] if "repaired" in s]
+    if repaired:
+        L += ["", "## Repaired per step (kept, changed)", "", "| step | rows repaired | steps repaired |", "|---|---|---|"]
+        L += [f"| {s['step']} | {s['repaired']} | {s['steps_repaired']} |" for s in repaired]
     counts = report["counts"]["counts"]
     if counts:
         L += ["", "## Reasons (with the first few file:line)", ""]
@@ -858,7 +921,8 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
         t = time.monotonic()
         before = len(rows)
         rows = STEPS[name](rows, ctx)
-        per_step.append({"step": name, "in": before, "out": len(rows), "removed": before - len(rows)})
+        per_step.append({"step": name, "in": before, "out": len(rows), "removed": before - len(rows),
+                         **ctx.extra.get(name, {})})
         timing[name] = round(time.monotonic() - t, 2)
     t = time.monotonic()
     dataset = []

@@ -20,6 +20,8 @@ answer, reasoning and output fields (dotted paths reach nested fields), bad line
 from __future__ import annotations
 
 import json
+import random
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -29,20 +31,42 @@ from pydantic import Field
 
 from .cache import CallCache, NewCall
 from .client import ChatClientConfig, ChatRequest, RunStats, plan_requests, request_keys, run_requests, split_think
+from .config import StageConfig
 from .errors import PartialRun, UserError
 from .io import Tally, file_sha256, iter_raw, package_versions, prepare_out_dir, write_json, write_jsonl
 from .progress import info
 from .prompts import instruction_for, messages
 from .records import Problem, Trace, detect_lang, stable_id
 
-__all__ = ["GenerateConfig", "generate", "split_think", "reference_traces", "generate_out_dir"]
+__all__ = ["GenerateConfig", "ReferenceNoise", "generate", "split_think", "reference_traces", "noisy_reference_traces",
+           "generate_out_dir"]
 
 CACHE_FILE = "cache.sqlite"
 # Files a generate run writes: a folder holding only these is reused by a rerun (a resume), no --overwrite.
-OUTPUT_FILES = {"traces.jsonl", "failures.jsonl", "generate_summary.json", "problems.jsonl", CACHE_FILE,
+OUTPUT_FILES = {"traces.jsonl", "failures.jsonl", "generate_summary.json", "problems.jsonl", "noise.jsonl", CACHE_FILE,
                 f"{CACHE_FILE}-wal", f"{CACHE_FILE}-shm", f"{CACHE_FILE}-journal"}
 VLLM_CHUNK = 256  # prompts per vllm.LLM.chat call: finished chunks are committed to the cache
 MAX_SHOWN = 5  # failures listed in the closing message
+
+
+class ReferenceNoise(StageConfig):
+    """SIMULATED teacher errors put into reference chains on purpose (reference backend only), so curation recipes
+    have something to verify, repair and select: the traces are NOT teacher outputs. Each kind hits a sample
+    with its own probability, drawn from (seed, problem id, sample), so the same settings give the same traces."""
+
+    wrong_answer: float = Field(0.0, ge=0, le=1, description="share of samples that misread one number of the "
+                                "problem: an operand of the first step is changed and every later step recomputed, "
+                                "so each step holds but the final answer is wrong (what verify_answer catches)")
+    arith_slip: float = Field(0.0, ge=0, le=1, description="share of samples with one wrong arithmetic result "
+                              "(a step's result off by 1, 2 or 10)")
+    slip_carried: float = Field(0.5, ge=0, le=1, description="share of those slips the chain goes on with (later "
+                                "steps and the answer recomputed from the wrong value); the others are a wrong "
+                                "number written once, the final answer stays right")
+    think: float = Field(0.0, ge=0, le=1, description="share of samples written as <think>working</think> + final "
+                         "answer line")
+    verbose: float = Field(0.0, ge=0, le=1, description="share of samples padded with a restatement of the question "
+                           "and a re-check of every step (longer, not wrong)")
+    seed: int = Field(0, description="seed of the perturbations")
 
 
 class GenerateConfig(ChatClientConfig):
@@ -60,6 +84,9 @@ class GenerateConfig(ChatClientConfig):
                                   "then its final answer line, as teacher outputs with inline think tags look")
     output_field: str = Field("output", description="--from-file: field with the teacher's output "
                               "(inline <think>...</think> is split off into the reasoning)")
+    reference_noise: ReferenceNoise | None = Field(None, description="reference backend: SIMULATED teacher errors "
+                                                   "(a test bed for curation, not teacher outputs); with it, "
+                                                   "`samples` samples per problem (without it, one)")
 
 
 def generate_out_dir(out: str | Path, overwrite: bool = False) -> Path:
@@ -96,6 +123,113 @@ def reference_traces(probs: Iterable[Problem], tally: Tally, think: bool = False
         out.append(Trace(problem_id=p.id, teacher="reference", sample=0, reasoning=reasoning, content=content,
                          finish_reason="stop"))
     return out
+
+
+NOISY_TEACHER = "reference+simulated_noise"  # the teacher name of every trace the noise option writes
+_SLIPS = (-10, -2, -1, 1, 2, 10)
+
+
+def _plain_steps(text: str) -> list:
+    from .arith import format_like, located_steps
+
+    return [s for s in located_steps(text) if s.ok and s.span and format_like(s.value, text[s.span[0]:s.span[1]])]
+
+
+def _misread(chain: str, rng: random.Random) -> str | None:
+    """Change the last operand of the first step and recompute every step after it."""
+    from .arith import NUMBER, format_like, parse_number, repair_steps
+
+    steps = _plain_steps(chain)
+    if not steps:
+        return None
+    a = steps[0].span[0]
+    line_start = chain.rfind("\n", 0, a) + 1
+    eq = chain.rfind("=", line_start, a)
+    nums = list(re.finditer(rf"(?<![\d.,])(?:{NUMBER})(?![\d]|[.,]\d)", chain[line_start:eq]))
+    if not nums:
+        return None
+    m = nums[-1]
+    v = parse_number(m.group(0))
+    new = format_like(v + rng.choice((1, 2, 3)), m.group(0)) if v is not None else None
+    if new is None:
+        return None
+    pos = line_start + m.start()
+    text = chain[:pos] + new + chain[line_start + m.end():]
+    return repair_steps(text, start=pos + len(new)).text  # later steps recomputed from the misread number
+
+
+def _slip(chain: str, rng: random.Random, carried: bool) -> str | None:
+    """One step's result off by a few; ``carried``: the chain goes on with it (later steps recomputed)."""
+    from .arith import format_like, repair_steps, whole_number
+
+    steps = _plain_steps(chain)
+    if not steps:
+        return None
+    s = rng.choice(steps)
+    a, b = s.span
+    old = chain[a:b]
+    new = format_like(s.value + rng.choice(_SLIPS), old)
+    if new is None or new == old:
+        return None
+    tail = chain[b:]
+    if carried:
+        tail = whole_number(old).sub(new, tail)
+        return repair_steps(chain[:a] + new + tail, start=a + len(new)).text
+    return chain[:a] + new + tail
+
+
+def _verbose(chain: str, question: str) -> str:
+    """The question restated, the chain, every step re-checked, then the final line."""
+    from .arith import located_steps
+
+    lines = chain.strip().splitlines()
+    checks = [f"Check: {s.expr} = {s.claimed}. Yes." for s in located_steps(chain)]
+    body = lines[:-1] if len(lines) > 1 else lines
+    return "\n".join([f"Let me restate the problem. {question.strip()}", "Let me solve it step by step.", *body,
+                      "Let me double-check each calculation.", *checks, *(lines[-1:] if len(lines) > 1 else [])])
+
+
+def noisy_reference_traces(probs: Iterable[Problem], noise: "ReferenceNoise", samples: int,
+                           tally: Tally) -> tuple[list[Trace], list[dict[str, Any]]]:
+    """``samples`` traces per problem, each its reference chain with SIMULATED errors (see :class:`ReferenceNoise`);
+    and one record per trace naming what was done to it (``noise.jsonl``)."""
+    from .answers import answers_equal, extract_answer
+
+    out, log = [], []
+    for p in probs:
+        chain = ((p.meta or {}).get("reference_cot") or "").strip()
+        if not chain:
+            tally.add("no_reference_chain", p.id)
+            continue
+        for k in range(samples):
+            rng = random.Random(f"{noise.seed}|{p.id}|{k}")
+            draws = {kind: rng.random() < getattr(noise, kind) for kind in ("wrong_answer", "arith_slip", "think", "verbose")}
+            carried = rng.random() < noise.slip_carried
+            text, applied, missed = chain, [], []  # missed: drawn, but the chain has no step it can change
+            if draws["wrong_answer"]:
+                t = _misread(text, rng)
+                if t is None or (p.answer is not None and answers_equal(extract_answer(t), p.answer)):
+                    missed.append("wrong_answer")
+                else:
+                    text = t
+                    applied.append("wrong_answer")
+            if draws["arith_slip"]:
+                t = _slip(text, rng, carried)
+                if t is None:
+                    missed.append("arith_slip")
+                else:
+                    text = t
+                    applied.append("arith_slip_carried" if carried else "arith_slip")
+            if draws["verbose"]:
+                text = _verbose(text, p.question)
+                applied.append("verbose")
+            if draws["think"]:
+                text = think_wrapped(text)
+                applied.append("think")
+            # the tags stay in the visible output, as reference_think does; curate's strip_think splits them
+            out.append(Trace(problem_id=p.id, teacher=NOISY_TEACHER, sample=k, content=text, finish_reason="stop"))
+            log.append({"problem_id": p.id, "sample": k, "applied": applied, "not_applicable": missed})
+    return out, log
 
 
 def read_problem_file(path: str | Path, tally: Tally) -> list[Problem]:
@@ -314,6 +448,16 @@ def generate(cfg: GenerateConfig, problems_path: str | Path | None, out_dir: str
             write_jsonl(out / "problems.jsonl", made)
             probs = made
         summary["imported_from"] = str(from_file)
+    elif cfg.backend == "reference" and cfg.reference_noise is not None:
+        traces, log = noisy_reference_traces(probs, cfg.reference_noise, cfg.samples, tally)
+        write_jsonl(out / "noise.jsonl", log)
+        applied = Counter(a for r in log for a in r["applied"])
+        summary["simulated_noise"] = {
+            "note": "SIMULATED teacher errors put into reference chains on purpose; these traces are not teacher outputs",
+            "traces": len(log), "untouched": sum(not r["applied"] for r in log), "applied": dict(sorted(applied.items())),
+            "not_applicable": dict(sorted(Counter(a for r in log for a in r["not_applicable"]).items()))}
+        info(f"generate: reference chains with SIMULATED teacher errors (not teacher outputs): "
+             f"{', '.join(f'{k} {v}' for k, v in sorted(applied.items())) or 'none applied'} of {len(log)} traces")
     elif cfg.backend == "reference":
         traces = reference_traces(probs, tally, think=cfg.reference_think)
     else:

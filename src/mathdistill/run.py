@@ -60,7 +60,7 @@ MANIFEST = "stage.json"
 STAGE_CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "problems": (("problems", "solver", "arith", "records", "answers"), ("reasoning-gym", "math-verify")),
     "sources": (("run",), ()),
-    "generate": (("generate", "client", "prompts", "records"), ("openai",)),
+    "generate": (("generate", "client", "prompts", "records", "arith", "answers"), ("openai", "math-verify")),
     "curate": (("curate", "client", "prompts", "records", "answers", "arith", "run"), ("math-verify",)),
     "train": (("train", "models", "prompts"), ("torch", "transformers", "peft", "accelerate")),
     "eval": (("evaluate", "scores", "answers", "arith", "models", "prompts", "records"),
