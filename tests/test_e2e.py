@@ -11,7 +11,7 @@ import pytest
 from mathdistill.models import home
 
 pytestmark = pytest.mark.e2e
-PER_MODEL = {"AS", "CQS", "ES", "MLS", "overall", "mean_tokens", "model_bytes", "n", "cqs_kind", "by_family"}
+PER_MODEL = {"AS", "CQS", "ES", "MLS", "overall", "mean_tokens", "model_bytes", "n", "cqs_kind", "by_family", "step_accuracy"}
 
 
 @pytest.fixture
@@ -38,6 +38,7 @@ def test_smoke_run_writes_scores_and_report(tmp_path, real_home):
         assert set(scores[m]["by_family"]) == {"gsm_symbolic", "chain_sum", "basic_arithmetic"}
         for fam in scores[m]["by_family"].values():
             assert PER_MODEL - {"by_family"} <= set(fam)
+    assert 0 <= scores["student"]["step_accuracy"] <= 100  # the student writes a op b = c steps; their share that holds
     assert scores["student"]["model_bytes"] > scores["base"]["model_bytes"] > 90e6  # base GGUF + adapter
     assert scores["config"]["train"]["recipe"] == "smoke"
     for f in ("report.md", "scores.png", "tokens.png", "loss.png", "config.yaml", "problems/train.jsonl",

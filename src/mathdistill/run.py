@@ -53,7 +53,8 @@ from .progress import info
 from .report import report
 from .train import TrainConfig, train
 
-PER_MODEL_FIELDS = ("AS", "CQS", "ES", "MLS", "overall", "mean_tokens", "model_bytes", "n", "cqs_kind", "by_family")
+PER_MODEL_FIELDS = ("AS", "CQS", "ES", "MLS", "overall", "mean_tokens", "model_bytes", "n", "cqs_kind", "by_family",
+                    "step_accuracy", "cqs_components", "intervals", "misses")
 MANIFEST = "stage.json"
 
 # What each stage's key covers besides config and inputs: its modules' source and the libraries it calls.
@@ -486,7 +487,7 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
 
 def per_model(scores: dict[str, Any]) -> dict[str, Any]:
     """The per-model block of ``scores.json``: the score fields and ``meta``."""
-    return {f: scores[f] for f in PER_MODEL_FIELDS} | {"meta": scores["meta"]}
+    return {f: scores[f] for f in PER_MODEL_FIELDS if f in scores} | {"meta": scores["meta"]}
 
 
 def _copy(src: Path, dst: Path) -> None:
