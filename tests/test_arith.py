@@ -53,3 +53,12 @@ def test_parse_number():
     assert parse_number("1,234.5") == Fraction(2469, 2)
     assert parse_number("$12") == 12 and parse_number("3/4") == Fraction(3, 4)
     assert parse_number("2 + 3") is None and parse_number("abc") is None
+
+
+def test_deep_parentheses_are_refused_not_a_recursion_error():
+    from mathdistill.arith import ArithError, evaluate, find_steps
+
+    with pytest.raises(ArithError):
+        evaluate("(" * 150 + "1" + ")" * 49)
+    assert evaluate("(" * 20 + "1 + 2" + ")" * 20)[0] == 3
+    assert find_steps("(" * 150 + "1 = 1") == []
