@@ -232,3 +232,24 @@ def test_eval_calculator_is_recorded_and_refused_where_unsupported(tiny_model, t
         with pytest.raises(UserError, match="--calculator works with --backend transformers only"):
             evaluate(EvalConfig(backend=backend, calculator=True, base_url="http://127.0.0.1:9/v1"), probs,
                      tmp_path / backend, model="m")
+
+
+@pytest.mark.timeout(120)
+def test_serve_calculator_forces_per_row(tiny_model):
+    """`serve --calculator`: each row of a batched /v1/completions request gets its own exact result."""
+    import re
+
+    import httpx
+
+    from mathdistill.serve import ServeConfig, ServerThread, create_app
+
+    model, tok = load(resolve(str(tiny_model)))
+    app = create_app(model, tok, ServeConfig(calculator=True, threads=1, batch_wait_ms=50), name="tiny")
+    with ServerThread(app) as s:
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": ["12 + 30 =", "so 7 * 6 = ", "John has"],
+                                                         "max_tokens": 4, "temperature": 0}, timeout=60)
+    assert r.status_code == 200, r.text
+    texts = [c["text"] for c in sorted(r.json()["choices"], key=lambda c: c["index"])]
+    assert texts[0].startswith(" 42") and not re.match(r"[.,]?\d", texts[0][3:])
+    assert texts[1].startswith("42") and not re.match(r"[.,]?\d", texts[1][2:])
+    assert r.json()["usage"]["completion_tokens"] == 12
