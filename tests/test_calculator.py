@@ -253,3 +253,23 @@ def test_serve_calculator_forces_per_row(tiny_model):
     assert texts[0].startswith(" 42") and not re.match(r"[.,]?\d", texts[0][3:])
     assert texts[1].startswith("42") and not re.match(r"[.,]?\d", texts[1][2:])
     assert r.json()["usage"]["completion_tokens"] == 12
+
+
+def test_cli_calculator_flag(tiny_model, tmp_path):
+    """`mathdistill eval ... --model RUN_OR_MODEL --calculator` through the CLI; unsupported backends: one line."""
+    from typer.testing import CliRunner
+
+    from conftest import write_jsonl
+    from mathdistill import cli
+    from mathdistill.io import read_json
+
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "question": "12 + 30 =", "answer": "42"}])
+    r = CliRunner().invoke(cli.app, ["eval", "--problems", str(probs), "--out", str(tmp_path / "e"), "--model", str(tiny_model),
+                                     "--calculator", "--max-new-tokens", "3"])
+    assert r.exit_code == 0, r.output
+    assert read_json(tmp_path / "e" / "scores.json")["meta"]["sampling"]["calculator"] is True
+    r = CliRunner().invoke(cli.app, ["eval", "--problems", str(probs), "--out", str(tmp_path / "o"), "--model", "m",
+                                     "--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--calculator"])
+    from mathdistill.errors import UserError
+
+    assert isinstance(r.exception, UserError) and "--calculator works with --backend transformers only" in str(r.exception)
