@@ -119,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
                           for f, b in s["by_family"].items()},
         }
     off, on = res["off"], res["on"]
+    from mathdistill.arith import find_steps
+
+    res["wrong_steps_with"] = [{"problem_id": p.id, "expr": st.expr, "claimed": st.claimed, "line": ln}
+                               for p, g in zip(probs, runs[True][0][0]) for ln in g.output.splitlines()
+                               for st in find_steps(ln) if not st.ok][:10]
     res["examples"] = [{"problem_id": p.id, "without": g0.output, "with": g1.output}  # where the calculator changed the text
                        for p, g0, g1 in zip(probs, runs[False][0][0], runs[True][0][0]) if g0.output != g1.output][:5]
     res["throughput_ratio"] = round(on["tokens_per_s"] / off["tokens_per_s"], 3)
