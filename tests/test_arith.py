@@ -116,3 +116,12 @@ def test_located_steps_spans_point_at_the_written_result():
     text = "Olivia hides 7 x 12 = 84 eggs.\r\nSo 25% of 96 = 24, and 12 + 35 = 50 + 35 = 85"
     got = [text[s.span[0]:s.span[1]] for s in located_steps(text)]
     assert got == ["84", "24", "50 + 35", "85"]
+
+
+def test_deep_parentheses_are_refused_not_a_recursion_error():
+    from mathdistill.arith import ArithError, evaluate, find_steps
+
+    with pytest.raises(ArithError):
+        evaluate("(" * 150 + "1" + ")" * 49)
+    assert evaluate("(" * 20 + "1 + 2" + ")" * 20)[0] == 3
+    assert find_steps("(" * 150 + "1 = 1") == []

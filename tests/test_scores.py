@@ -57,3 +57,30 @@ def test_aggregate_by_family():
     assert s["by_family"]["b"]["ES"] == 0.0
     assert s["MLS"] == 100.0 and s["cqs_kind"] == "proxy"
     assert s["step_accuracy"] == 50.0
+
+
+def test_step_accuracy_per_family_in_scores_and_report(tmp_path):
+    """`step_accuracy` (share of checked a op b = c steps that hold) overall and per family, and the report's
+    per-family tables show it (n/a for a family without steps)."""
+    import json
+
+    from mathdistill.report import report
+
+    rows = [
+        {"problem_id": "1", "source": "arith", "correct": True, "tokens": 64, "output": "2 + 2 = 4\n#### 4",
+         "cqs": {"kind": "proxy", "cqs": 100.0, "steps": 3, "steps_ok": 2}},
+        {"problem_id": "2", "source": "arith", "correct": True, "tokens": 64, "output": "1 + 1 = 2\n#### 2",
+         "cqs": {"kind": "proxy", "cqs": 100.0, "steps": 1, "steps_ok": 1}},
+        {"problem_id": "3", "source": "words", "correct": False, "tokens": 64, "output": "no idea",
+         "cqs": {"kind": "proxy", "cqs": 0.0, "steps": 0, "steps_ok": 0}},
+    ]
+    s = aggregate(rows, model_bytes=50_000_000)
+    assert s["step_accuracy"] == 75.0
+    assert s["by_family"]["arith"]["step_accuracy"] == 75.0 and s["by_family"]["words"]["step_accuracy"] is None
+    (tmp_path / "scores.json").write_text(json.dumps(s))
+    (tmp_path / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    md = report(tmp_path).read_text()
+    arith = md.split("### arith", 1)[1].split("###", 1)[0]
+    words = md.split("### words", 1)[1].split("##", 1)[0]
+    assert "steps ok %" in arith and "| 75.0 |" in arith
+    assert "steps ok %" in words and "| n/a |" in words

@@ -13,6 +13,7 @@ from functools import lru_cache
 
 MAX_EXPR_CHARS = 200  # longer candidate expressions are not parsed (bounded work per step)
 MAX_DIGITS = 30  # results with more digits than this are not checked
+MAX_NESTING = 32  # deeper parentheses are not parsed (the parser recurses once per level)
 
 _NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"
 NUMBER = _NUM  # a number as written: 12, 1,200, 3.5, .5
@@ -137,6 +138,11 @@ def evaluate(expr: str) -> tuple[Fraction, int]:
     toks = _tokenize(expr)
     if not toks:
         raise ArithError("empty")
+    depth = 0
+    for t in toks:
+        depth += (t == "(") - (t == ")")
+        if depth > MAX_NESTING:
+            raise ArithError("parentheses nested too deeply")
     p = _Parser(toks)
     v = p.expr()
     if p.i != len(toks):

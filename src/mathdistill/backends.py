@@ -54,6 +54,7 @@ class Generation:
     finish_reason: str  # stop | length | prompt_too_long | error
     prompt_tokens: int | None = None
     error: str | None = None
+    calculator_forced: int = 0  # results the calculator wrote into this output (``--calculator``)
 
 
 def render_prompt(tok, p: Problem) -> str:
@@ -152,18 +153,22 @@ class TransformersBackend(Backend):
             model, tok = load(spec, dtype=cfg.dtype, merge=True)  # merged LoRA: same function, no adapter overhead
         self.model, self.tok = model, tok
         self.tokens_per_s: float | None = None
+        self.calculator_forced = 0
 
     def model_bytes(self) -> int | None:
         return model_bytes(self.spec)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "model_files": list(self.spec.served_files), "dtype": self.cfg.dtype,
-                "batch_size": self.cfg.batch_size, "context": context_limit(self.model, self.tok)}
+                "batch_size": self.cfg.batch_size, "context": context_limit(self.model, self.tok),
+                **({"calculator_forced": self.calculator_forced} if self.cfg.calculator else {})}
 
     def generate(self, problems: list[Problem]) -> list[Generation]:
         prompts = [render_prompt(self.tok, p) for p in problems]
-        return generate_batched(self.model, self.tok, prompts, self.cfg.max_new_tokens, self.cfg.batch_size,
-                                self.cfg.stop_at_answer)
+        gens = generate_batched(self.model, self.tok, prompts, self.cfg.max_new_tokens, self.cfg.batch_size,
+                                self.cfg.stop_at_answer, calculator=self.cfg.calculator)
+        self.calculator_forced = sum(g.calculator_forced for g in gens)
+        return gens
 
 
 def _cache_kwarg() -> str:
@@ -176,17 +181,44 @@ def _cache_kwarg() -> str:
         return "past_key_values"
 
 
+def calc_state():
+    from .calculator import CalcState
+
+    return CalcState()
+
+
+class _CalcProcessor:
+    """``model.generate`` logits processor: the calculator's per-row forcing (``states`` follow the batch rows)."""
+
+    def __init__(self, calc, states):
+        self.calc, self.states = calc, states
+
+    def __call__(self, input_ids, scores):
+        self.calc.apply(scores, input_ids[:, -2:].tolist(), lambda j, n: input_ids[j, -n:].tolist(), self.states)
+        return scores
+
+
 def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_size: int,
-                     stop_at_answer: bool = True, desc: str = "eval", prune_every: int | None = PRUNE_EVERY) -> list[Generation]:
+                     stop_at_answer: bool = True, desc: str = "eval", prune_every: int | None = PRUNE_EVERY,
+                     calculator: bool = False) -> list[Generation]:
     """Greedy generation, ``batch_size`` prompts at a time grouped by token length (left padding, KV cache).
 
     ``model.generate`` keeps computing a sequence after it has stopped (it only pads it), so a batch would run
     at the pace of its longest answer. Instead the batch is generated ``prune_every`` tokens at a time: between
     calls, finished sequences leave the batch and the KV cache (``Cache.batch_select_indices``) and ``generate``
     continues the others from the cache. ``prune_every=None``: one ``generate`` call per batch.
+
+    ``calculator``: exact arithmetic results are forced after a trailing ``expression =``
+    (:class:`mathdistill.calculator.Calculator`, one state per sequence, kept across calls and pruning).
     """
     import torch
-    from transformers import DynamicCache, StoppingCriteriaList
+    from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
+
+    calc = None
+    if calculator:
+        from .calculator import Calculator
+
+        calc = Calculator(tok)
 
     tok.padding_side = "left"
     enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -213,13 +245,16 @@ def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_
             plen = ids.shape[1]
             cache = DynamicCache(config=model.config)
             done = 0  # tokens generated so far by the sequences still in the batch
+            states = [calc_state() for _ in rows] if calc else []
             while rows:
                 step = max(budgets) - done if prune_every is None else min(prune_every, max(budgets) - done)
                 stop = AnswerStop(tok, plen, budgets, stop_at_answer)
+                procs = LogitsProcessorList([_CalcProcessor(calc, states)] if calc else [])
                 with torch.inference_mode():
                     out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=step, do_sample=False, num_beams=1,
                                          pad_token_id=tok.pad_token_id, eos_token_id=sorted(eos_ids),
-                                         stopping_criteria=StoppingCriteriaList([stop]), temperature=None, top_p=None,
+                                         stopping_criteria=StoppingCriteriaList([stop]), logits_processor=procs,
+                                         temperature=None, top_p=None,
                                          top_k=None, **{cache_kw: cache})
                 new = out.shape[1] - plen - done
                 keep = []
@@ -231,7 +266,8 @@ def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_
                         keep.append(j)
                         continue
                     k, reason = finish_row(row, eos_ids, stop.done_at[j], stop.why[j], budgets[j])
-                    results[i] = Generation(tok.decode(row[:k], skip_special_tokens=True), k, reason, len(enc[i]))
+                    results[i] = Generation(tok.decode(row[:k], skip_special_tokens=True), k, reason, len(enc[i]),
+                                            calculator_forced=states[j].forced if calc else 0)
                     n_tokens += k
                     b.advance()
                 done += new
@@ -240,6 +276,7 @@ def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_
                     cache.batch_select_indices(sel)
                     out, mask = out[sel], mask[sel]
                     rows, budgets = [rows[j] for j in keep], [budgets[j] for j in keep]
+                    states = [states[j] for j in keep] if calc else states
                 elif not keep:
                     rows = []
                 ids = out

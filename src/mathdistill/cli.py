@@ -213,6 +213,7 @@ def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", h
              seed: Optional[int] = typer.Option(None, "--seed", help=h(EvalConfig, "seed")),
              model_bytes: Optional[int] = typer.Option(None, "--model-bytes", help=h(EvalConfig, "model_bytes")),
              cqs: Optional[str] = typer.Option(None, "--cqs", help=h(EvalConfig, "cqs")),
+             calculator: Optional[bool] = typer.Option(None, "--calculator/--no-calculator", help=h(EvalConfig, "calculator")),
              judge_base_url: Optional[str] = typer.Option(None, "--judge-base-url", help=h(JudgeConfig, "base_url").replace("config: ", "config: judge.")),
              judge_model: Optional[str] = typer.Option(None, "--judge-model", help=h(JudgeConfig, "model").replace("config: ", "config: judge.")),
              predictions: Optional[Path] = typer.Option(None, "--predictions", help="score these outputs (JSONL/JSON/CSV/Parquet, "
@@ -242,7 +243,7 @@ def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", h
     fields = {k: v for k, v in {"id_field": id_field, "output_field": output_field, "tokens_field": tokens_field}.items() if v is not None}
     cfg = stage_config(EvalConfig, "eval", config, preset, sets,
                        {"backend": backend, "base_url": base_url, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                        "limit": limit, "seed": seed, "model_bytes": model_bytes, "cqs": cqs,
+                        "limit": limit, "seed": seed, "model_bytes": model_bytes, "cqs": cqs, "calculator": calculator,
                         "judge": judge or None, "predictions_fields": fields or None})
     evaluate(cfg, problems, prepare_out_dir(out, overwrite), model=model, adapter=adapter, label=label, predictions=predictions)
 
@@ -264,6 +265,7 @@ def serve_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m", help="m
               max_prompt_tokens: Optional[int] = typer.Option(None, "--max-prompt-tokens", help=h(ServeConfig, "max_prompt_tokens")),
               max_body_bytes: Optional[int] = typer.Option(None, "--max-body-bytes", help=h(ServeConfig, "max_body_bytes")),
               threads: Optional[int] = typer.Option(None, "--threads", help=h(ServeConfig, "threads")),
+              calculator: Optional[bool] = typer.Option(None, "--calculator/--no-calculator", help=h(ServeConfig, "calculator")),
               config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt):
     """Serve a model (a trained student: run folder, or base + --adapter) as an OpenAI-compatible API.
     Bearer auth with --api-key or MATHDISTILL_SERVE_KEY; binds 127.0.0.1 unless --host says otherwise."""
@@ -273,7 +275,7 @@ def serve_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m", help="m
                        {"host": host, "port": port, "engine": engine, "served_model_name": served_model_name,
                         "max_batch_size": max_batch_size, "batch_wait_ms": batch_wait_ms, "max_queue": max_queue,
                         "max_n": max_n, "max_tokens_cap": max_tokens_cap, "max_prompt_tokens": max_prompt_tokens,
-                        "max_body_bytes": max_body_bytes, "threads": threads})
+                        "max_body_bytes": max_body_bytes, "threads": threads, "calculator": calculator})
     serve(cfg, model=model, adapter=adapter, api_key=api_key)
 
 

@@ -50,6 +50,8 @@ class EvalConfig(StageConfig):
     max_new_tokens: int = Field(256, ge=1, description="completion token limit; a chain that hits it is a miss")
     batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it)")
     stop_at_answer: bool = Field(True, description="stop a sequence once its final answer is complete")
+    calculator: bool = Field(False, description="calculator-aware decoding: after 'expression =' the exact result is "
+                             "written for the model (transformers backend)")
     limit: int | None = Field(None, ge=1, description="score only the first N problems")
     seed: int = Field(0, description="torch / endpoint seed (generation is greedy; recorded for comparisons)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype (fp32 for reproducible scores)")
@@ -191,6 +193,11 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
              adapter: str | None = None, label: str | None = None, predictions: str | Path | None = None) -> dict[str, Any]:
     """Score ``model`` (+ ``adapter``) on ``problems_path``, or score ``predictions`` made elsewhere;
     write ``predictions.jsonl``, ``scores.json`` and (``cfg.report``) ``report.md`` + ``report.html``."""
+    if cfg.calculator and predictions is not None:
+        raise UserError("eval --calculator steers generation; with --predictions nothing is generated: drop one of them")
+    if cfg.calculator and cfg.backend != "transformers":
+        raise UserError(f"eval --calculator works with --backend transformers only, not {cfg.backend} "
+                        "(it steers each token); drop --calculator or use --backend transformers")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     probs, skipped = load_problems(problems_path, cfg.limit)
@@ -261,6 +268,7 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
         **(backend.describe() if backend else {"backend": None}),
         "model_bytes_known": mbytes is not None,
         "sampling": {"greedy": True, "max_new_tokens": comparable["max_new_tokens"], "stop_at_answer": cfg.stop_at_answer if generated else None,
+                     "calculator": cfg.calculator if generated else None,
                      "seed": comparable["seed"], "dtype": cfg.dtype if generated else None},
         "limit": cfg.limit,
         "split": {"file": str(problems_path), "file_sha256": file_sha256(problems_path), "problems_sha256": problems_sha},

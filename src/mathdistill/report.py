@@ -199,6 +199,12 @@ def _score_rows(entries: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
     return rows
 
 
+def _steps_ok(s: dict[str, Any]) -> str:
+    """Share of checked ``a op b = c`` steps that hold, or n/a when the chains had none."""
+    v = s.get("step_accuracy")
+    return "n/a" if v is None else f"{v:.1f}"
+
+
 def _fence(text: str) -> list[str]:
     """A fenced block that the text cannot close (its fence is longer than any backtick run inside)."""
     ticks = "`" * max(3, max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
@@ -270,8 +276,10 @@ def _doc(root: Path, evals: list[EvalEntry], run_scores: dict[str, Any] | None, 
     if len(fams) > 1 or (fams and len(evals) > 1):
         lines += ["", "## Scores by family"]
         for f in fams:
-            lines += ["", f"### {f}", ""] + _table(head[:-1], [r[:-1] for r in _score_rows(
-                [(e.label, e.scores["by_family"][f]) for e in evals if f in e.scores.get("by_family", {})])])
+            fam = [(e.label, e.scores["by_family"][f]) for e in evals if f in e.scores.get("by_family", {})]
+            steps_ok = [_steps_ok(s) for _, s in fam if s.get("n")]  # same rows as _score_rows keeps
+            lines += ["", f"### {f}", ""] + _table(head[:-1] + ["steps ok %"],
+                                                   [r[:-1] + [x] for r, x in zip(_score_rows(fam), steps_ok)])
     comps = [(e.label, e.scores.get("cqs_components") or {}) for e in evals]
     names = sorted(set().union(*(c.keys() for _, c in comps)))
     if names:

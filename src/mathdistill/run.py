@@ -64,7 +64,7 @@ STAGE_CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "generate": (("generate", "client", "prompts", "records", "arith", "answers"), ("openai", "math-verify")),
     "curate": (("curate", "client", "prompts", "records", "answers", "arith", "run"), ("math-verify",)),
     "train": (("train", "models", "prompts"), ("torch", "transformers", "peft", "accelerate")),
-    "eval": (("evaluate", "scores", "answers", "arith", "models", "prompts", "records"),
+    "eval": (("evaluate", "backends", "calculator", "scores", "answers", "arith", "models", "prompts", "records"),
              ("torch", "transformers", "peft", "math-verify")),
 }
 # Settings that change speed, not results: not part of any key (``ablate --jobs`` sets the threads).

@@ -74,6 +74,8 @@ class ServeConfig(StageConfig):
     max_tokens_cap: int = Field(2048, ge=1, description="largest max_tokens a request may ask for; above it: 400")
     max_prompt_tokens: int = Field(2048, ge=1, description="longest prompt in tokens; above it: 400")
     max_body_bytes: int = Field(1_000_000, ge=1, description="largest request body, bytes; above it: 413")
+    calculator: bool = Field(False, description="calculator-aware decoding: after 'expression =' the exact result is "
+                             "written for the model (engine transformers)")
 
 
 # --------------------------------------------------------------------------------------------------- errors
@@ -201,13 +203,18 @@ class Job:
 
 
 class _Row:
-    __slots__ = ("job", "index", "gen", "ids", "text", "sent", "done", "watch")
+    __slots__ = ("job", "index", "gen", "ids", "text", "sent", "done", "watch", "calc")
 
     def __init__(self, job: Job, index: int, gen: Any):
         self.job, self.index, self.gen = job, index, gen
         self.ids: list[int] = []
         self.text, self.sent, self.done = "", 0, None
         self.watch = job.stream or bool(job.sampling.stop)  # decode every step (stream deltas, stop strings)
+        self.calc = None  # CalcState with --calculator
+
+    def last(self, n: int) -> list[int]:
+        """The last ``n`` token ids of prompt + completion."""
+        return self.ids[-n:] if len(self.ids) >= n else (self.job.prompt_ids + self.ids)[-n:]
 
 
 def _left_pad(t: Any, n: int) -> Any:
@@ -245,6 +252,11 @@ class Engine:
         self._cache = None
         self._mask = self._pos = self._next = None
         self._torch = torch
+        self.calc = None
+        if cfg.calculator:
+            from .calculator import Calculator
+
+            self.calc = Calculator(tok, lock=self.tok_lock)
         self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "rejected": 0, "failed": 0, "prefills": 0,
                       "steps": 0, "tokens": 0, "max_rows": 0, "max_queued": 0}
 
@@ -432,6 +444,13 @@ class Engine:
     def _sample(self, logits, rows: list[_Row]):
         """Per-row sampling: argmax where temperature is 0, else temperature + top_p with the row's generator."""
         torch = self._torch
+        if self.calc is not None:
+            from .calculator import CalcState
+
+            for r in rows:
+                if r.calc is None:
+                    r.calc = CalcState()
+            self.calc.apply(logits, [r.last(2) for r in rows], lambda j, n: rows[j].last(n), [r.calc for r in rows])
         out = logits.argmax(-1)
         hot = [i for i, r in enumerate(rows) if r.job.sampling.temperature > 0]
         if not hot:
@@ -921,6 +940,9 @@ def serve(cfg: ServeConfig, model: str = DEFAULT_STUDENT, adapter: str | None = 
         info(f"[yellow]warning:[/yellow] listening on {cfg.host} without an API key: anyone who can reach this port can "
              f"use the model (set {KEY_VAR} or --api-key)")
     if cfg.engine == "vllm":
+        if cfg.calculator:
+            raise UserError("serve --calculator works with --engine transformers only (vLLM's server is not steered "
+                            "token by token here); drop --calculator or use --engine transformers")
         check_vllm()
         argv, env = vllm_command(cfg, spec, key)
         info(f"handing serving to vLLM: {' '.join(argv[1:])}")
