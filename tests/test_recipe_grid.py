@@ -29,8 +29,13 @@ def test_the_shipped_grid_compares_two_recipes_at_one_budget():
     data = yaml.safe_load(GRID.read_text(encoding="utf-8"))
     assert data["cells"][1]["set"]["eval.calculator"] is True
     plan = expand(GridSpec.model_validate(grid_data()))
-    seed, md = (c.config for c in plan.cells)
-    assert [c.name for c in plan.cells] == ["seed", "mathdistill"] and plan.baseline == "seed"
+    seed, md, seed_calc, md_plain = (c.config for c in plan.cells)
+    assert [c.name for c in plan.cells] == ["seed", "mathdistill", "seed+calculator", "mathdistill-no-calculator"]
+    assert plan.baseline == "seed"
+    # the two extra cells split the difference: the same data and training, only the decoding at eval switched
+    for a, b in ((seed, seed_calc), (md, md_plain)):
+        assert a.curate == b.curate and a.train == b.train and a.problems == b.problems
+        assert a.eval.model_copy(update={"calculator": b.eval.calculator}) == b.eval and a.eval.calculator != b.eval.calculator
     assert seed.train.max_steps == md.train.max_steps > 0 and seed.train.batch_size == md.train.batch_size
     assert seed.problems == md.problems and seed.generate == md.generate  # same problems, same (simulated) teacher
     assert seed.generate.reference_noise is not None and seed.generate.samples == 2
@@ -43,6 +48,7 @@ def test_the_shipped_grid_compares_two_recipes_at_one_budget():
 
 def test_recipe_grid_end_to_end_on_a_tiny_model(tmp_path, tiny_model):
     data = grid_data()
+    data["cells"] = data["cells"][:2]  # the other two only switch eval.calculator
     data["preset"] = None
     data["bootstrap"] = {"samples": 100}
     data["base"]["problems"] = {"seed": 3, "families": {
