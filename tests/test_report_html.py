@@ -122,6 +122,17 @@ def test_run_report_md(tmp_path):
     assert "| base | 0 | 0 | 0 | 0 | 0 | 0 |" in md  # misses by reason: none; every wrong answer is a wrong number
 
 
+def test_run_report_skips_the_stage_cache(tmp_path):
+    """A run folder's stage cache holds copies of eval/base and eval/student: they are not extra models."""
+    run = make_run(tmp_path / "run", with_train=False)
+    for m in ("base", "student"):
+        shutil.copytree(run / "eval" / m, run / "cache" / "eval" / f"0123abcd{m}")
+    md = report(run).read_text()
+    assert "cache/" not in md
+    assert len(re.findall(r"^\| (base|student) \|", md, re.M)) >= 2
+    assert not re.search(r"^\| (?!base|student|model|---)[^|]*\| \d", md, re.M)  # no third model in any table
+
+
 def test_eval_folder_report_and_worst_failures(tmp_path):
     run = make_run(tmp_path / "run", with_train=False)
     ev = run / "eval" / "student"

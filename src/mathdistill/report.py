@@ -43,6 +43,9 @@ def _read_preds(p: Path) -> list[dict[str, Any]]:
     return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+STAGE_CACHE = "cache"  # run.py's content-addressed stage cache folder under a run / grid folder
+
+
 def _is_eval(s: Any) -> bool:
     return isinstance(s, dict) and "AS" in s and "overall" in s
 
@@ -57,6 +60,8 @@ def collect_evals(root: Path) -> list[EvalEntry]:
     seen: set[Path] = set()
     for depth in range(1, MAX_DEPTH + 1):
         for f in sorted(root.glob("/".join(["*"] * depth) + "/scores.json")):
+            if f.relative_to(root).parts[0] == STAGE_CACHE:
+                continue  # the stage cache under a run or grid folder holds copies of the evals shown elsewhere
             s = read_json(f)
             if _is_eval(s) and f.parent not in seen:
                 seen.add(f.parent)
