@@ -640,8 +640,8 @@ def train(cfg: TrainConfig, dataset_path: str | Path, out_dir: str | Path, resum
         save_total_limit=None,
         eval_strategy="epoch" if held else "no", prediction_loss_only=True,
         use_cpu=device == "cpu", bf16=dtype == "bfloat16", disable_tqdm=True, remove_unused_columns=False,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        activation_checkpointing=cfg.gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
         dataloader_num_workers=0, log_level="warning",
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random", length_column_name="length")
     trainer_cls, progress_cb = _trainer_cls()
