@@ -36,7 +36,7 @@ def test_the_shipped_grid_compares_two_recipes_at_one_budget():
     for a, b in ((seed, seed_calc), (md, md_plain)):
         assert a.curate == b.curate and a.train == b.train and a.problems == b.problems
         assert a.eval.model_copy(update={"calculator": b.eval.calculator}) == b.eval and a.eval.calculator != b.eval.calculator
-    assert seed.train.max_steps == md.train.max_steps > 0 and seed.train.batch_size == md.train.batch_size
+    assert seed.train.max_steps == md.train.max_steps > 0 and seed.train.batch_size * seed.train.grad_accum == md.train.batch_size * md.train.grad_accum == 8
     assert seed.problems == md.problems and seed.generate == md.generate  # same problems, same (simulated) teacher
     assert seed.generate.reference_noise is not None and seed.generate.samples == 2
     assert seed.curate.steps == ["strip_think", "drop_empty"]

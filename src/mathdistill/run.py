@@ -204,6 +204,19 @@ def problems_inputs(cfg: ProblemsConfig) -> dict[str, str]:
     return out
 
 
+def release_memory() -> None:
+    """Return freed heap memory to the OS after a stage. glibc keeps large freed blocks (a training's
+    activations, several GiB) in its arenas, so the next stage's fit check would see them as used."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
+        pass
+
+
 def stage_config(stage: str, cfg: StageConfig) -> dict[str, Any]:
     """A stage's config as it enters the key (resource-only fields left out)."""
     return cfg.model_dump(mode="json", exclude=NOT_IN_KEY.get(stage, set()))
@@ -286,6 +299,7 @@ class StageStore:
             try:
                 fn(work)
             except BaseException as e:
+                release_memory()
                 self._log(stage, key, label, time.monotonic() - t0, f"failed: {type(e).__name__}")
                 if isinstance(e, Exception) and not isinstance(e, TRANSIENT):
                     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -293,6 +307,7 @@ class StageStore:
                                         "reason": msg if isinstance(e, UserError) else f"{type(e).__name__}: {msg}"})
                 raise
             failed.unlink(missing_ok=True)
+            release_memory()  # a grid runs many stages in one process: the next training needs that memory back
             dt = time.monotonic() - t0
             files = tree_files(work)
             write_json(work / MANIFEST, {"stage": stage, "key": key, "label": label, "config": config,
