@@ -208,7 +208,8 @@ def test_kill_9_mid_run_then_rerun_repeats_no_finished_call(server, tmp_path):
 
 def test_ctrl_c_stops_cleanly_and_keeps_what_finished(server, tmp_path):
     n = 40
-    srv = server(delay_s=0.05)
+    srv = server(delay_s=0.25)  # 40 calls 4 at a time take 2.5 s: Ctrl-C after 8 answers lands mid-run (at 0.05 s a
+    # fast process could finish all 40 before the signal arrived)
     out = tmp_path / "g"
     probs = problems(tmp_path, n)
     proc = start_cli(srv, probs, out, "--concurrency", "4")
