@@ -22,7 +22,7 @@ demo: install
 	$(BIN)/mathdistill run --preset default --out runs/demo --overwrite
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e"

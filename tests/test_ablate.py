@@ -204,24 +204,31 @@ def test_user_problem_files_are_part_of_the_key(tmp_path):
     assert "1 + 5" in (run2.dir / "train.jsonl").read_text()
 
 
+MEMORY_PROBE = """
+import psutil, torch
+from mathdistill.run import release_memory
+proc = psutil.Process()
+start = proc.memory_info().rss
+for _ in range(2):  # large freed blocks raise glibc's mmap threshold: later mid-size tensors stay in its heap
+    xs = [torch.ones(64, 1024, 64) for _ in range(12)]
+    del xs
+ys = [torch.ones(1024, 256) for _ in range(400)]
+del ys
+held = proc.memory_info().rss - start
+release_memory()
+print(held, proc.memory_info().rss - start)
+"""
+
+
 def test_stage_memory_goes_back_to_the_os():
     """A grid runs stages one after another in one process; the memory a training freed must be given back,
-    or the next cell's fit check sees it as used (a real grid failed that way: 10.5 GiB free of 23)."""
-    import psutil
-    import torch
-
-    from mathdistill.run import release_memory
-
-    proc = psutil.Process()
-    rss = lambda: proc.memory_info().rss  # noqa: E731
-    start = rss()
-    for _ in range(2):  # large freed blocks raise glibc's mmap threshold: later mid-size tensors stay in its heap
-        xs = [torch.ones(64, 1024, 64) for _ in range(12)]
-        del xs
-    ys = [torch.ones(1024, 256) for _ in range(400)]
-    del ys
-    held = rss() - start
+    or the next cell's fit check sees it as used (a real grid failed that way: 10.5 GiB free of 23).
+    In a fresh process, so the allocator's state does not depend on the tests before it."""
+    r = subprocess.run([sys.executable, "-c", MEMORY_PROBE], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1] / "src"),
+                                                                         os.environ.get("PYTHONPATH", "")])})
+    assert r.returncode == 0, r.stderr[-2000:]
+    held, after = map(int, r.stdout.split()[-2:])
     if held < 200 * 2**20:
         pytest.skip(f"this allocator gave the memory back by itself ({held / 2**20:.0f} MiB held)")
-    release_memory()
-    assert rss() - start < held / 4
+    assert after < held / 4

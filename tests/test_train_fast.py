@@ -247,7 +247,7 @@ def test_resume_after_kill_9(tiny_model, dataset, tmp_path):
     import time
 
     sets = ["--set", "train.lora_r=4", "--set", "train.lora_alpha=8", "--set", "train.heldout_fraction=0.1",
-            "--set", "train.max_steps=12", "--set", "train.save_steps=1"]
+            "--set", "train.max_steps=12", "--set", "train.save_steps=1", "--set", "train.threads=1"]
     args = ["-d", str(dataset), "-m", str(tiny_model), "--lr", "0.005", "--batch-size", "4", *sets]
     out = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "mathdistill", "train", *args, "-o", str(out)],
