@@ -70,6 +70,23 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def server():
+    """Start fake OpenAI-compatible servers on 127.0.0.1 (``server(delay_s=..., ...)``); all stopped after the test."""
+    from fake_openai import FakeOpenAI
+
+    started = []
+
+    def start(**kw):
+        s = FakeOpenAI(**kw).start()
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path, monkeypatch):
     """Keep every test's caches in its temp folder; never read a real API key."""

@@ -5,7 +5,6 @@ from collections import Counter
 
 import pytest
 
-from fake_openai import FakeOpenAI
 from mathdistill.cache import CallCache
 from mathdistill.client import (ChatClientConfig, ChatRequest, RunStats, parse_message, public_endpoint,
                                 retry_after_s, run_requests, split_think)
@@ -13,18 +12,6 @@ from mathdistill.config import build
 from mathdistill.errors import UserError
 
 
-@pytest.fixture
-def server():
-    started = []
-
-    def start(**kw):
-        s = FakeOpenAI(**kw).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def config(srv, **kw):

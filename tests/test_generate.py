@@ -18,25 +18,12 @@ import pytest
 
 import mathdistill
 from conftest import write_jsonl
-from fake_openai import FakeOpenAI
 from mathdistill import cli
 
 KEY = "sk-mathdistill-test-5f3a9c1e7b"
 SRC = str(Path(mathdistill.__file__).resolve().parents[1])
 
 
-@pytest.fixture
-def server():
-    started = []
-
-    def start(**kw):
-        s = FakeOpenAI(**kw).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def problems(tmp_path, n=6, name="problems.jsonl"):
