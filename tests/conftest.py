@@ -52,6 +52,12 @@ def build_tiny_model(folder: Path, vocab_size: int = 400, layers: int = 2, hidde
     return folder
 
 
+def pytest_collection_modifyitems(config, items):
+    """Start the slow end-to-end test first: under ``pytest -n 2`` (``make test``) one worker spends its minutes
+    on it while the other takes the rest of the suite, instead of it starting last on its own."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is None)  # stable: the rest keep their order
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
@@ -101,6 +107,50 @@ def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def scripted_model(folder: Path, *, key: str = "last", fallback: int | None = None):
+    """The tiny Llama writing a fixed script per row, so a test knows every token generation will produce.
+
+    ``model.scripts`` maps a token id to the row's script (a list of token ids; its last one repeats), and
+    ``model.default`` is the script of a row whose token is not in it. The row's token is its prompt's last
+    token (``key="last"``) or first one (``key="first"``). At each step the script's token gets logit 0,
+    ``fallback`` (when given) -1 and every other token -1e9: so greedy decoding writes the script, and where a
+    logits processor forbids the script's token the row writes ``fallback``. A row is recognised by its left
+    padding (which survives the removal of finished rows from a batch) and its step by the cache's length, so
+    the script holds however the batch is generated."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    class Scripted(LlamaForCausalLM):
+        scripts: dict = {}
+        default: list = []
+
+        def forward(self, input_ids=None, attention_mask=None, **kw):
+            cache = kw.get("cache", kw.get("past_key_values"))  # renamed in transformers 5
+            seen = 0 if cache is None else cache.get_seq_length()
+            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
+            # generate leaves the mask out when nothing is padded
+            pads = [0] * input_ids.shape[0] if attention_mask is None else (attention_mask == 0).sum(-1).tolist()
+            total = seen + input_ids.shape[1]
+            if seen == 0:  # prefill
+                self.by_pad = {n: self.scripts.get(int(r[n] if key == "first" else r[-1]), self.default)
+                               for n, r in zip(pads, input_ids)}
+                assert len(self.by_pad) == len(pads), "prompts of one batch need distinct token lengths"
+                self.plen = total
+            t = total - self.plen  # tokens generated so far
+            logits = out.logits
+            for r, n in enumerate(pads):
+                script = self.by_pad[n]
+                logits[r, -1, :] = -1e9
+                if fallback is not None:
+                    logits[r, -1, fallback] = -1.0
+                logits[r, -1, script[min(t, len(script) - 1)]] = 0.0
+            return out
+
+    m = Scripted.from_pretrained(str(folder), dtype=torch.float32)
+    m.eval()
+    return m
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

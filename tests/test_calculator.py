@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import scripted_model
 from mathdistill.backends import generate_batched
 from mathdistill.calculator import MAX_DIGITS, Calculator, result_for
 from mathdistill.models import load, resolve
@@ -97,45 +98,12 @@ def test_long_input_is_bounded_and_huge_results_are_left_alone():
 # ------------------------------------------------------------------------------------------ token level
 
 
-def scripted_model(folder, fallback: int):
-    """The tiny Llama writing a fixed script per row (chosen by the row's first prompt token): the script's
-    token gets logit 0, ``fallback`` -1, everything else -1e9. So where the calculator forbids the script's
-    token, the row writes ``fallback``; where it forces a token, the row writes that."""
-    from transformers import LlamaForCausalLM
-
-    class Scripted(LlamaForCausalLM):
-        scripts: dict = {}
-
-        def forward(self, input_ids=None, attention_mask=None, **kw):
-            cache = kw.get("cache", kw.get("past_key_values"))
-            seen = 0 if cache is None else cache.get_seq_length()
-            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
-            pads = [0] * input_ids.shape[0] if attention_mask is None else (attention_mask == 0).sum(-1).tolist()
-            total = seen + input_ids.shape[1]
-            if seen == 0:
-                self.by_pad = {n: self.scripts[int(r[n])] for n, r in zip(pads, input_ids)}
-                assert len(self.by_pad) == len(pads), "prompts of one batch need distinct token lengths"
-                self.plen = total
-            t = total - self.plen
-            logits = out.logits
-            for r, n in enumerate(pads):
-                script = self.by_pad[n]
-                logits[r, -1, :] = -1e9
-                logits[r, -1, fallback] = -1.0
-                logits[r, -1, script[min(t, len(script) - 1)]] = 0.0
-            return out
-
-    m = Scripted.from_pretrained(str(folder), dtype=torch.float32)
-    m.eval()
-    return m
-
-
 @pytest.fixture(scope="module")
 def scripted(tiny_model):
     _, tok = load(resolve(str(tiny_model)))
     enc = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
     nl = enc("\n")[0]
-    m = scripted_model(tiny_model, nl)
+    m = scripted_model(tiny_model, key="first", fallback=nl)
     eos = tok.eos_token_id
     for piece in (" 7", " 8", " 42", " 5", "."):
         assert len(enc(piece)) == 1, f"the test assumes {piece!r} is one token"

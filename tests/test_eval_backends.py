@@ -5,47 +5,12 @@ import json
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import scripted_model, write_jsonl
 from mathdistill.backends import AnswerStop, finish_row, generate_batched, truncate_at_answer
 from mathdistill.errors import UserError
 from mathdistill.evaluate import EvalConfig, count_misses, evaluate, score_outputs
 from mathdistill.models import load, resolve
 from mathdistill.records import Problem
-
-
-def scripted_model(folder):
-    """The tiny Llama, but each row writes a fixed script chosen by its prompt's last token (greedy picks it).
-
-    A row is recognised by its left padding (which survives the removal of finished rows from a batch), and
-    its step by the attention mask's length, so the script holds however the batch is generated."""
-    from transformers import LlamaForCausalLM
-
-    class Scripted(LlamaForCausalLM):
-        scripts: dict = {}
-        default: list = []
-
-        def forward(self, input_ids=None, attention_mask=None, **kw):
-            cache = kw.get("cache", kw.get("past_key_values"))  # renamed in transformers 5
-            seen = 0 if cache is None else cache.get_seq_length()
-            out = super().forward(input_ids=input_ids, attention_mask=attention_mask, **kw)
-            # generate leaves the mask out when nothing is padded
-            pads = [0] * input_ids.shape[0] if attention_mask is None else (attention_mask == 0).sum(-1).tolist()
-            total = seen + input_ids.shape[1]
-            if seen == 0:  # prefill
-                self.by_pad = {n: self.scripts.get(int(r[-1]), self.default) for n, r in zip(pads, input_ids)}
-                assert len(self.by_pad) == len(pads), "prompts of one batch need distinct token lengths"
-                self.plen = total
-            t = total - self.plen  # tokens generated so far
-            logits = out.logits
-            for r, n in enumerate(pads):
-                script = self.by_pad[n]
-                logits[r, -1, :] = -1e9
-                logits[r, -1, script[min(t, len(script) - 1)]] = 0.0
-            return out
-
-    m = Scripted.from_pretrained(str(folder), dtype=torch.float32)
-    m.eval()
-    return m
 
 
 @pytest.fixture(scope="module")
