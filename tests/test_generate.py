@@ -24,8 +24,6 @@ KEY = "sk-mathdistill-test-5f3a9c1e7b"
 SRC = str(Path(mathdistill.__file__).resolve().parents[1])
 
 
-
-
 def problems(tmp_path, n=6, name="problems.jsonl"):
     return write_jsonl(tmp_path / name, [{"id": f"p{i}", "question": f"<q{i}> Tom has {i} apples. How many?",
                                           "answer": str(i)} for i in range(n)])

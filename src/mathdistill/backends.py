@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .calculator import CalcState, Calculator
 from .errors import UserError
 from .models import ModelSpec, load, load_path, load_tokenizer, model_bytes
 from .progress import bar, info
@@ -181,12 +182,6 @@ def _cache_kwarg() -> str:
         return "past_key_values"
 
 
-def calc_state():
-    from .calculator import CalcState
-
-    return CalcState()
-
-
 class _CalcProcessor:
     """``model.generate`` logits processor: the calculator's per-row forcing (``states`` follow the batch rows)."""
 
@@ -214,11 +209,7 @@ def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_
     import torch
     from transformers import DynamicCache, LogitsProcessorList, StoppingCriteriaList
 
-    calc = None
-    if calculator:
-        from .calculator import Calculator
-
-        calc = Calculator(tok)
+    calc = Calculator(tok) if calculator else None
 
     tok.padding_side = "left"
     enc = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
@@ -245,7 +236,7 @@ def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_
             plen = ids.shape[1]
             cache = DynamicCache(config=model.config)
             done = 0  # tokens generated so far by the sequences still in the batch
-            states = [calc_state() for _ in rows] if calc else []
+            states = [CalcState() for _ in rows] if calc else []
             while rows:
                 step = max(budgets) - done if prune_every is None else min(prune_every, max(budgets) - done)
                 stop = AnswerStop(tok, plen, budgets, stop_at_answer)

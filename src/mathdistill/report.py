@@ -281,10 +281,9 @@ def _doc(root: Path, evals: list[EvalEntry], run_scores: dict[str, Any] | None, 
     if len(fams) > 1 or (fams and len(evals) > 1):
         lines += ["", "## Scores by family"]
         for f in fams:
-            fam = [(e.label, e.scores["by_family"][f]) for e in evals if f in e.scores.get("by_family", {})]
-            steps_ok = [_steps_ok(s) for _, s in fam if s.get("n")]  # same rows as _score_rows keeps
+            fam = [(e.label, s) for e in evals if (s := e.scores.get("by_family", {}).get(f)) and s.get("n")]
             lines += ["", f"### {f}", ""] + _table(head[:-1] + ["steps ok %"],
-                                                   [r[:-1] + [x] for r, x in zip(_score_rows(fam), steps_ok)])
+                                                   [r[:-1] + [_steps_ok(s)] for r, (_, s) in zip(_score_rows(fam), fam)])
     comps = [(e.label, e.scores.get("cqs_components") or {}) for e in evals]
     names = sorted(set().union(*(c.keys() for _, c in comps)))
     if names:

@@ -46,6 +46,7 @@ from typing import Any, AsyncIterator, Literal
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .calculator import CalcState, Calculator
 from .config import StageConfig
 from .errors import UserError
 from .models import DEFAULT_STUDENT, ModelSpec, home, load, load_path, resolve
@@ -252,11 +253,7 @@ class Engine:
         self._cache = None
         self._mask = self._pos = self._next = None
         self._torch = torch
-        self.calc = None
-        if cfg.calculator:
-            from .calculator import Calculator
-
-            self.calc = Calculator(tok, lock=self.tok_lock)
+        self.calc = Calculator(tok, lock=self.tok_lock) if cfg.calculator else None
         self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "rejected": 0, "failed": 0, "prefills": 0,
                       "steps": 0, "tokens": 0, "max_rows": 0, "max_queued": 0}
 
@@ -401,6 +398,9 @@ class Engine:
         self.stats["prefills"] += 1
         rep = [r for r, j in enumerate(jobs) for _ in range(j.sampling.n)]
         rows = [_Row(j, i, self._generator(j, i)) for j in jobs for i in range(j.sampling.n)]
+        if self.calc is not None:
+            for r in rows:
+                r.calc = CalcState()
         if len(rep) != len(jobs):
             sel = torch.tensor(rep, device=self.device)
             for layer in cache.layers:
@@ -445,11 +445,6 @@ class Engine:
         """Per-row sampling: argmax where temperature is 0, else temperature + top_p with the row's generator."""
         torch = self._torch
         if self.calc is not None:
-            from .calculator import CalcState
-
-            for r in rows:
-                if r.calc is None:
-                    r.calc = CalcState()
             self.calc.apply(logits, [r.last(2) for r in rows], lambda j, n: rows[j].last(n), [r.calc for r in rows])
         out = logits.argmax(-1)
         hot = [i for i, r in enumerate(rows) if r.job.sampling.temperature > 0]
