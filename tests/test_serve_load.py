@@ -17,8 +17,9 @@ import openai
 import psutil
 import pytest
 
+from mathdistill.backends import render_prompt
 from mathdistill.client import ChatClientConfig, ChatRequest, run_requests
-from mathdistill.evaluate import EvalConfig, generate_transformers, render_prompt, score_outputs
+from mathdistill.evaluate import EvalConfig, generate_transformers, score_outputs
 from mathdistill.models import load, model_bytes, resolve
 from mathdistill.prompts import instruction_for, messages
 from mathdistill.records import Problem

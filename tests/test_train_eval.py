@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from conftest import write_jsonl
-from mathdistill.evaluate import EvalConfig, answer_complete, evaluate
+from mathdistill.backends import answer_complete
+from mathdistill.evaluate import EvalConfig, evaluate
 from mathdistill.models import load, model_bytes, resolve
 from mathdistill.prompts import EN_PROMPT
 from mathdistill.train import Collator, TrainConfig, answer_only_loss, tokenize_example, train

@@ -18,17 +18,36 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Literal
+
+from pydantic import Field
 
 from .calculator import CalcState, Calculator
+from .config import StageConfig
 from .errors import UserError
-from .models import ModelSpec, load, load_path, load_tokenizer, model_bytes
+from .models import DEFAULT_STUDENT, ModelSpec, load, load_path, load_tokenizer, model_bytes, resolve
 from .progress import bar, info
 from .prompts import instruction_for, messages
 from .records import Problem
 
-if TYPE_CHECKING:
-    from .evaluate import EvalConfig
+class GenerationConfig(StageConfig):
+    """How a backend generates (greedy): which backend, the token budget and batching, and the endpoint settings
+    of ``openai``. :class:`mathdistill.evaluate.EvalConfig` extends it with what is scored and how."""
+
+    backend: Literal["transformers", "openai", "vllm"] = Field("transformers", description="generation backend")
+    max_new_tokens: int = Field(256, ge=1, description="completion token limit; a chain that hits it is a miss")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it)")
+    stop_at_answer: bool = Field(True, description="stop a sequence once its final answer is complete")
+    calculator: bool = Field(False, description="calculator-aware decoding: after 'expression =' the exact result is "
+                             "written for the model (transformers backend)")
+    seed: int = Field(0, description="torch / endpoint seed (generation is greedy; recorded for comparisons)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype (fp32 for reproducible scores)")
+    base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the model (backend openai)")
+    concurrency: int = Field(16, ge=1, description="endpoint calls in flight at once (backend openai)")
+    timeout_s: float = Field(600.0, gt=0, description="per-call timeout, seconds (backend openai)")
+    max_retries: int = Field(5, ge=0, description="retries per call on 429/5xx/timeouts (backend openai)")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields passed to the endpoint")
+
 
 TAIL_TOKENS = 24  # the answer-complete check decodes this many trailing tokens per step (an answer fits)
 PRUNE_EVERY = 8  # tokens generated between two removals of finished sequences from a batch
@@ -148,7 +167,7 @@ class Backend:
 class TransformersBackend(Backend):
     name = "transformers"
 
-    def __init__(self, cfg: "EvalConfig", spec: ModelSpec, model=None, tok=None):
+    def __init__(self, cfg: GenerationConfig, spec: ModelSpec, model=None, tok=None):
         self.cfg, self.spec = cfg, spec
         if model is None:
             model, tok = load(spec, dtype=cfg.dtype, merge=True)  # merged LoRA: same function, no adapter overhead
@@ -284,7 +303,7 @@ class OpenAIBackend(Backend):
 
     name = "openai"
 
-    def __init__(self, cfg: "EvalConfig", model: str, cache_path: Path | None = None, tokenizer: Any = None):
+    def __init__(self, cfg: GenerationConfig, model: str, cache_path: Path | None = None, tokenizer: Any = None):
         from .client import ChatClientConfig
 
         if not cfg.base_url:
@@ -294,9 +313,6 @@ class OpenAIBackend(Backend):
                                        max_tokens=cfg.max_new_tokens, seed=cfg.seed, concurrency=cfg.concurrency,
                                        timeout_s=cfg.timeout_s, max_retries=cfg.max_retries, extra_body=cfg.extra_body)
         self.estimated_tokens = 0
-
-    def model_bytes(self) -> int | None:
-        return self.cfg.model_bytes
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "base_url": self.cfg.base_url, "endpoint_model": self.model,
@@ -333,7 +349,7 @@ class VLLMBackend(Backend):
 
     name = "vllm"
 
-    def __init__(self, cfg: "EvalConfig", spec: ModelSpec):
+    def __init__(self, cfg: GenerationConfig, spec: ModelSpec):
         try:
             import vllm  # noqa: F401
         except ImportError:
@@ -380,3 +396,32 @@ class VLLMBackend(Backend):
             k, reason = truncate_at_answer(self.tok, ids, eos_ids, budget, self.cfg.stop_at_answer)
             results[i] = Generation(self.tok.decode(ids[:k], skip_special_tokens=True), k, reason, len(enc[i]))
         return results  # type: ignore[return-value]
+
+
+# ---- the registry: ``GenerationConfig.backend`` -> a factory ----------------------------------------------
+
+BackendFactory = Callable[[GenerationConfig, "str | None", "str | None", Path], Backend]
+
+
+def _transformers(cfg: GenerationConfig, model: str | None, adapter: str | None, workdir: Path) -> Backend:
+    return TransformersBackend(cfg, resolve(model or DEFAULT_STUDENT, adapter))
+
+
+def _openai(cfg: GenerationConfig, model: str | None, adapter: str | None, workdir: Path) -> Backend:
+    if not model:
+        raise UserError("eval --backend openai needs --model NAME (the model's name at the endpoint)")
+    return OpenAIBackend(cfg, model, workdir / "cache.sqlite")
+
+
+def _vllm(cfg: GenerationConfig, model: str | None, adapter: str | None, workdir: Path) -> Backend:
+    return VLLMBackend(cfg, resolve(model or DEFAULT_STUDENT, adapter))
+
+
+BACKENDS: dict[str, BackendFactory] = {"transformers": _transformers, "openai": _openai, "vllm": _vllm}
+"""Each ``--backend`` name and how to build it from (config, ``--model``, ``--adapter``, the eval's output folder,
+for caches). A new backend: a :class:`Backend` subclass, a factory here, and its name in ``GenerationConfig.backend``."""
+
+
+def make_backend(cfg: GenerationConfig, model: str | None, adapter: str | None, workdir: Path) -> Backend:
+    """The backend ``cfg.backend`` names, ready to generate; :class:`UserError` when its inputs are missing."""
+    return BACKENDS[cfg.backend](cfg, model, adapter, Path(workdir))

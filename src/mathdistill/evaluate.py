@@ -20,8 +20,7 @@ from pydantic import Field
 from rich.markup import escape
 
 from .answers import answers_equal, extract_answer
-from .backends import (AnswerStop, Backend, Generation, OpenAIBackend, TransformersBackend, VLLMBackend,  # noqa: F401
-                       answer_complete, generate_batched, render_prompt)
+from .backends import Backend, Generation, GenerationConfig, generate_batched, make_backend
 from .config import StageConfig
 from .errors import UserError
 from .io import Tally, file_sha256, iter_raw, package_versions, read_json, write_json, write_jsonl
@@ -31,7 +30,7 @@ from .progress import info
 from .records import FieldMap, Prediction, Problem, read_problems
 from .scores import INTERVAL_KEYS, ScoreConfig, aggregate, cqs_proxy, paired_bootstrap
 
-__all__ = ["EvalConfig", "PredictionFields", "evaluate", "compare", "answer_complete", "score_outputs"]
+__all__ = ["EvalConfig", "PredictionFields", "evaluate", "compare", "score_outputs"]
 
 
 class PredictionFields(StageConfig):
@@ -43,24 +42,12 @@ class PredictionFields(StageConfig):
     finish_reason_field: str | None = Field("finish_reason", description="field with the finish reason (\"length\" scores a miss)")
 
 
-class EvalConfig(StageConfig):
-    """How a model is run on the eval set and scored."""
+class EvalConfig(GenerationConfig):
+    """How a model is run on the eval set and scored (the generation settings come from
+    :class:`mathdistill.backends.GenerationConfig`)."""
 
-    backend: Literal["transformers", "openai", "vllm"] = Field("transformers", description="generation backend")
-    max_new_tokens: int = Field(256, ge=1, description="completion token limit; a chain that hits it is a miss")
-    batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it)")
-    stop_at_answer: bool = Field(True, description="stop a sequence once its final answer is complete")
-    calculator: bool = Field(False, description="calculator-aware decoding: after 'expression =' the exact result is "
-                             "written for the model (transformers backend)")
     limit: int | None = Field(None, ge=1, description="score only the first N problems")
-    seed: int = Field(0, description="torch / endpoint seed (generation is greedy; recorded for comparisons)")
-    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="weights dtype (fp32 for reproducible scores)")
     threads: int | None = Field(None, description="torch threads (None: all cores)")
-    base_url: str | None = Field(None, description="OpenAI-compatible endpoint of the model (backend openai)")
-    concurrency: int = Field(16, ge=1, description="endpoint calls in flight at once (backend openai)")
-    timeout_s: float = Field(600.0, gt=0, description="per-call timeout, seconds (backend openai)")
-    max_retries: int = Field(5, ge=0, description="retries per call on 429/5xx/timeouts (backend openai)")
-    extra_body: dict[str, Any] = Field(default_factory=dict, description="extra request fields passed to the endpoint")
     model_bytes: int | None = Field(None, ge=1, description="bytes of the served weights, for MLS when the model is not a local folder")
     cqs: Literal["proxy", "judge"] = Field("proxy", description="CQS from the offline proxy or an LLM judge")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="judge endpoint and rubric (cqs: judge)")
@@ -222,14 +209,8 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         torch.manual_seed(cfg.seed)
-        if cfg.backend == "openai":
-            if not model:
-                raise UserError("eval --backend openai needs --model NAME (the model's name at the endpoint)")
-            backend = OpenAIBackend(cfg, model, out / "cache.sqlite")
-        else:
-            model = model or DEFAULT_STUDENT
-            spec = resolve(model, adapter)
-            backend = VLLMBackend(cfg, spec) if cfg.backend == "vllm" else TransformersBackend(cfg, spec)
+        backend = make_backend(cfg, model, adapter, out)
+        model = model or DEFAULT_STUDENT  # what make_backend loaded (openai refuses an empty --model)
         t0 = time.monotonic()
         gens = backend.generate(probs)
         mbytes = cfg.model_bytes or backend.model_bytes()
