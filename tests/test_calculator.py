@@ -209,7 +209,8 @@ def test_serve_calculator_forces_per_row(tiny_model):
 
     import httpx
 
-    from mathdistill.serve import ServeConfig, ServerThread, create_app
+    from mathdistill.serve import ServeConfig, create_app
+    from server_thread import ServerThread
 
     model, tok = load(resolve(str(tiny_model)))
     app = create_app(model, tok, ServeConfig(calculator=True, threads=1, batch_wait_ms=50), name="tiny")

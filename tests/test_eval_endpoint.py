@@ -241,7 +241,8 @@ def test_eval_through_mathdistill_serve_matches_local_eval(tiny_model, tmp_path)
     """`mathdistill serve` + `eval --backend openai` scores a student exactly as the local transformers backend
     does: same greedy outputs, same token counts, same scores (the served path is a drop-in for the local one)."""
     from mathdistill.models import load, resolve
-    from mathdistill.serve import ServeConfig, ServerThread, create_app
+    from mathdistill.serve import ServeConfig, create_app
+    from server_thread import ServerThread
 
     pf = write_jsonl(tmp_path / "eval.jsonl", [
         {"id": f"q{i}", "question": f"What is {a} + {b}?", "answer": str(a + b), "source": "sum"}

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 
 from mathdistill import cli
 from mathdistill.models import load, resolve
-from mathdistill.serve import ServeConfig, ServerThread, create_app, served_name, vllm_command
+from mathdistill.serve import ServeConfig, create_app, served_name, vllm_command
+from server_thread import ServerThread
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -24,7 +24,8 @@ from mathdistill.models import load, model_bytes, resolve
 from mathdistill.prompts import instruction_for, messages
 from mathdistill.records import Problem
 from mathdistill.scores import aggregate
-from mathdistill.serve import ServeConfig, ServerThread, create_app
+from mathdistill.serve import ServeConfig, create_app
+from server_thread import ServerThread
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -93,6 +93,7 @@ def eos_ids_of(model, tok) -> set[int]:
 def context_limit(model, tok) -> int | None:
     """Tokens the model can attend to (prompt + completion), when its config says."""
     cfg = getattr(model, "config", None)
+    cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg  # a multimodal model: its text part
     for key in ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length"):
         v = getattr(cfg, key, None)
         if isinstance(v, int) and v > 0:
