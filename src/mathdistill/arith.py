@@ -54,8 +54,9 @@ class _Parser:
     """expr := term (('+'|'-') term)* ; term := unary (('*'|'/') unary)* ;
     unary := '-' unary | '+' unary | power ; power := atom ('^' unary)? ; atom := num '%'? ('of')? | '(' expr ')'"""
 
-    def __init__(self, toks: list[str]):
+    def __init__(self, toks: list[str], steps: list[tuple[str, tuple[Fraction, ...]]] | None = None):
         self.t, self.i, self.ops = toks, 0, 0
+        self.steps = steps  # when a list: each operation as it is computed, ("+", (a, b, a + b)), ("neg", (v, -v))
 
     def peek(self) -> str | None:
         return self.t[self.i] if self.i < len(self.t) else None
@@ -70,8 +71,10 @@ class _Parser:
         while self.peek() in ("+", "-"):
             op = self.take()
             r = self.term()
-            v = v + r if op == "+" else v - r
+            a, v = v, v + r if op == "+" else v - r
             self.ops += 1
+            if self.steps is not None:
+                self.steps.append((op, (a, r, v)))
         return v
 
     def term(self) -> Fraction:
@@ -79,6 +82,7 @@ class _Parser:
         while self.peek() in ("*", "/", "of"):
             op = self.take()
             r = self.unary()
+            a = v
             if op == "/":
                 if r == 0:
                     raise ArithError("division by zero")
@@ -86,14 +90,20 @@ class _Parser:
             else:
                 v = v * r
             self.ops += 1
+            if self.steps is not None:
+                self.steps.append(("/" if op == "/" else "*", (a, r, v)))
         return v
 
     def unary(self) -> Fraction:
         if self.peek() == "-":
             self.take()
-            if self.peek() == "(":
+            group = self.peek() == "("
+            if group:
                 self.ops += 1  # "-(28)" negates a result: a step worth checking
-            return -self.unary()
+            v = self.unary()
+            if group and self.steps is not None:
+                self.steps.append(("neg", (v, -v)))
+            return -v
         if self.peek() == "+":
             self.take()
             return self.unary()
@@ -131,8 +141,11 @@ class _Parser:
         raise ArithError(f"unexpected {tok!r}")
 
 
-def evaluate(expr: str) -> tuple[Fraction, int]:
-    """Value of an arithmetic expression and its number of binary operations. Raises :class:`ArithError`."""
+def evaluate(expr: str, steps: list[tuple[str, tuple[Fraction, ...]]] | None = None) -> tuple[Fraction, int]:
+    """Value of an arithmetic expression and its number of binary operations. Raises :class:`ArithError`.
+
+    ``steps``: a list that receives each operation in the order it is computed: ``(op, (a, b, result))`` for
+    ``+ - * /`` and ``("neg", (v, -v))`` for a negated group (the built-in solver writes one chain line each)."""
     if len(expr) > MAX_EXPR_CHARS:
         raise ArithError("expression too long")
     toks = _tokenize(expr)
@@ -143,7 +156,7 @@ def evaluate(expr: str) -> tuple[Fraction, int]:
         depth += (t == "(") - (t == ")")
         if depth > MAX_NESTING:
             raise ArithError("parentheses nested too deeply")
-    p = _Parser(toks)
+    p = _Parser(toks, steps)
     v = p.expr()
     if p.i != len(toks):
         raise ArithError(f"trailing {toks[p.i]!r}")
