@@ -22,6 +22,7 @@ from typing import Any
 
 from .errors import UserError
 from .io import read_json
+from .plots import export_table, plot_loss_curve
 
 SCORE_KEYS = ("AS", "CQS", "ES", "MLS", "overall")
 WORST_N = 10  # failures shown per model
@@ -158,8 +159,6 @@ def _plots(root: Path, evals: list[EvalEntry]) -> dict[str, tuple[str, bytes]]:
     if drawn:
         ax.legend(fontsize=8)
     plots["tokens"] = ("Completion tokens per problem", _png(fig))
-
-    from .train import plot_loss_curve  # train and held-out loss, from train/train_log.jsonl
 
     with tempfile.TemporaryDirectory() as tmp:
         png = plot_loss_curve(root / "train", Path(tmp) / "loss.png")
@@ -304,8 +303,6 @@ def _doc(root: Path, evals: list[EvalEntry], run_scores: dict[str, Any] | None, 
         c = read_json(cr)
         lines += ["", "## Data", "", f"{c['rows_in']} traces in, {c['rows_out']} training rows out; "
                   + "; ".join(f"{s['step']} removed {s['removed']}" for s in c["steps"]) + "."]
-    from .export import export_table  # format, bytes, MLS, AS, Overall of each `mathdistill export`
-
     table = export_table(root)
     lines += ["", *table] if table else []
     lines += ["", "## Plots", ""]
