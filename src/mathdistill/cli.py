@@ -324,11 +324,22 @@ def ablate_cmd(grid: Path = typer.Argument(..., help="grid YAML: base config, fi
 
 @app.command("config")
 def config_cmd(preset: Optional[str] = PresetOpt, config: Optional[Path] = ConfigOpt,
-               sets: Optional[list[str]] = SetOpt):
-    """Print the resolved run config as YAML (every key, with its value)."""
+               sets: Optional[list[str]] = SetOpt,
+               doc: bool = typer.Option(False, "--doc", help="write the config reference (every stage config's fields, "
+                                        "types, defaults, descriptions) as markdown instead"),
+               doc_out: Path = typer.Option(Path("docs/config.md"), "--doc-out", help="where --doc writes it")):
+    """Print the resolved run config as YAML (every key, with its value); --doc: write the config reference."""
     import yaml
 
     from .run import RunConfig
+
+    if doc:
+        from .config_doc import config_reference
+
+        doc_out.parent.mkdir(parents=True, exist_ok=True)
+        doc_out.write_text(config_reference(), encoding="utf-8")
+        typer.echo(f"wrote {doc_out}")
+        return
 
     cfg = load_config(RunConfig, config, preset, sets)
     typer.echo(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
