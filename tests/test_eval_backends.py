@@ -1,12 +1,14 @@
 """The transformers backend: batching never changes an answer or a token count; bad cases are misses, not crashes."""
 
 import json
+import typing
 
 import pytest
 import torch
 
 from conftest import scripted_model, write_jsonl
-from mathdistill.backends import AnswerStop, finish_row, generate_batched, truncate_at_answer
+from mathdistill.backends import (BACKENDS, AnswerStop, GenerationConfig, finish_row, generate_batched, make_backend,
+                                  truncate_at_answer)
 from mathdistill.errors import UserError
 from mathdistill.evaluate import EvalConfig, count_misses, evaluate, score_outputs
 from mathdistill.models import load, resolve
@@ -178,3 +180,18 @@ def test_vllm_backend_truncates_like_transformers(scripted, tiny_model, tmp_path
     assert preds[0]["output"] == "3 + 5 = 8\n#### 8\n" and preds[0]["tokens"] == len(parts["answer"]) and preds[0]["correct"]
     assert preds[1]["finish_reason"] == "prompt_too_long"
     assert s["AS"] == 50.0 and s["meta"]["backend"] == "vllm"
+
+
+def test_every_backend_name_has_a_factory_and_eval_config_extends_generation_config():
+    assert set(typing.get_args(GenerationConfig.model_fields["backend"].annotation)) == set(BACKENDS)
+    assert issubclass(EvalConfig, GenerationConfig)
+    assert set(GenerationConfig.model_fields) <= set(EvalConfig.model_fields)
+
+
+@pytest.mark.parametrize("model,base_url,message", [
+    ("m", None, "needs --base-url"),                  # no endpoint
+    ("", "http://127.0.0.1:9/v1", "needs --model NAME"),  # no model name at the endpoint
+])
+def test_make_backend_refuses_missing_inputs_in_one_line(tmp_path, model, base_url, message):
+    with pytest.raises(UserError, match=message):
+        make_backend(GenerationConfig(backend="openai", base_url=base_url), model, None, tmp_path)
