@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from mathdistill.leaderboard import CellResult, compute, pareto_front, write
-from mathdistill.scores import ScoreConfig, aggregate, es_score
-from mathdistill.stats import bootstrap_ci, paired_diff_ci, score_columns, score_samples
+from mathdistill.scores import ScoreConfig, aggregate, es_score, score_columns, score_stat
+from mathdistill.stats import bootstrap, paired_bootstrap, resample
 
 MB50 = 50_000_000  # MLS = 100 at or below 50 MB
 
@@ -98,31 +98,32 @@ def test_pareto_front():
 
 # ---------------------------------------------------------------------------------------------- stats
 
-def test_bootstrap_ci_of_two_values_spans_both():
+def test_bootstrap_of_two_values_spans_both():
     # resampled means of [0, 10] are 0, 5, 10 with probability 1/4, 1/2, 1/4: the 95 % interval is [0, 10]
-    iv = bootstrap_ci([0.0, 10.0], samples=4000)
+    iv = bootstrap([0.0, 10.0], samples=4000)
     assert (iv.point, iv.lo, iv.hi) == (5.0, 0.0, 10.0)
 
 
 def test_paired_difference_of_a_constant_shift_has_no_width():
     rng = np.random.default_rng(0)
     a = rng.normal(50, 20, 200)
-    iv = paired_diff_ci(a + 3.0, a)
+    iv = paired_bootstrap(a, a + 3.0)  # B - A
     assert iv.point == pytest.approx(3.0) and iv.lo == pytest.approx(3.0) and iv.hi == pytest.approx(3.0)
-    unpaired = bootstrap_ci(a + 3.0)
+    assert paired_bootstrap(a + 3.0, a).point == pytest.approx(-3.0)
+    unpaired = bootstrap(a + 3.0)
     assert unpaired.hi - unpaired.lo > 4  # each run alone varies a lot; the pairing removes it
 
 
-def test_paired_diff_requires_the_same_problems():
+def test_paired_bootstrap_requires_the_same_problems():
     with pytest.raises(ValueError, match="same problems"):
-        paired_diff_ci([1.0, 2.0], [1.0])
+        paired_bootstrap([1.0, 2.0], [1.0])
 
 
-def test_score_samples_equal_scores_aggregate():
+def test_score_stat_equals_scores_aggregate():
     rows = preds([1, 0, 1, 1, 0], [80, 20, 60, 100, 0], [30, 500, 90, 64, 4096])
     cfg = ScoreConfig()
     agg = aggregate(rows, 3 * MB50, cfg)
-    s = score_samples(score_columns(rows), 3 * MB50, cfg)
+    s = score_stat(cfg)(resample(score_columns(rows, 3 * MB50), np.arange(5)[None, :]))
     for k in ("AS", "CQS", "ES", "MLS", "overall"):
         assert s[k][0] == pytest.approx(agg[k], abs=1e-3), k
     assert s["ES"][0] == pytest.approx(es_score(sum([30, 500, 90, 64, 4096]) / 5), abs=1e-9)

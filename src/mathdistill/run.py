@@ -296,6 +296,17 @@ def _materialize(cfg: RunConfig, ex: Executed, out: Path) -> None:
         _copy(st["eval base"].dir, out / "eval" / "base")
 
 
+def student_vs_base(cfg: RunConfig, ex: Executed) -> dict[str, Any]:
+    """Student - base (B - A) of every score with its paired interval over the eval problems (both evals score the
+    same file in the same order), by the one bootstrap with the run's ``eval.score`` settings."""
+    from .scores import interval_method, paired_bootstrap
+
+    a = read_jsonl(ex.stages["eval base"].dir / "predictions.jsonl")
+    b = read_jsonl(ex.stages["eval student"].dir / "predictions.jsonl")
+    diff = paired_bootstrap(a, b, ex.scores["base"].get("model_bytes"), ex.scores["student"].get("model_bytes"), cfg.eval.score)
+    return {"sign": "student - base", **diff, "interval_method": {**interval_method(cfg.eval.score), "paired": True}}
+
+
 def run(cfg: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False,
         cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Run every stage into ``out_dir`` (default ``runs/<name>``); return the ``scores.json`` content.
@@ -309,6 +320,8 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, overwrite: bool = Fal
     ex = execute(cfg, store, on_stage=lambda s, hit: info(f"[bold]== {s}[/bold]" + (" (cached)" if hit else "")))
     _materialize(cfg, ex, out)
     scores: dict[str, Any] = {k: per_model(ex.scores[k]) for k in ("base", "student") if k in ex.scores}
+    if "eval base" in ex.stages:
+        scores["student_vs_base"] = student_vs_base(cfg, ex)
     scores["config"] = cfg.model_dump(mode="json")
     times = {k: (r.seconds if r.executed else 0.0) for k, r in ex.stages.items()}
     times["total"] = round(time.monotonic() - t0, 1)

@@ -185,6 +185,16 @@ def stage_code(stage: str, root: Path | None = None) -> dict[str, Any]:
             "data": [d.name for d in data], **versions_of(pkgs)}
 
 
+def modules_digest(entries: tuple[str, ...] | list[str]) -> str:
+    """16 hex digits of sha256 over the source of ``entries`` and every module they import (for caches of
+    derived files outside the stage store, e.g. the ablation leaderboard)."""
+    root = package_dir()
+    h = hashlib.sha256()
+    for m in import_closure(entries, root)[0]:
+        h.update(m.encode() + b"\0" + module_file(m, root).read_bytes() + b"\0")  # type: ignore[union-attr]
+    return h.hexdigest()[:16]
+
+
 @lru_cache(maxsize=None)
 def code_version(stage: str) -> dict[str, Any]:
     """:func:`stage_code` of the installed package, computed once per process."""
