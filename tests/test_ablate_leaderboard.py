@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +129,49 @@ def test_score_stat_equals_scores_aggregate():
         assert s[k][0] == pytest.approx(agg[k], abs=1e-3), k
     assert s["ES"][0] == pytest.approx(es_score(sum([30, 500, 90, 64, 4096]) / 5), abs=1e-9)
     assert not math.isnan(s["overall"][0])
+
+
+# ------------------------------------------------------------------- a judge that leaves chains unscored
+
+def test_judge_eval_with_unscored_chains_goes_through_ablate_to_a_leaderboard(tiny_model, tmp_path):
+    """eval.cqs: judge where the judge cannot score some chains (NaN CQS): every cell is scored and the
+    leaderboard is written (it used to crash in the bootstrap after every cell had run)."""
+    import json
+    import re
+
+    from ablate_util import tiny_base
+    from mathdistill.ablate import GridSpec, ablate
+    from test_eval_endpoint import Endpoint
+
+    class Picky(Endpoint):
+        """Refuses to grade the chains of problems with an even reference answer."""
+
+        def reply(self, body):
+            status, out = super().reply(body)
+            msgs = body["messages"]
+            if msgs[0]["content"].startswith("You grade"):
+                ref = re.search(r"Reference answer: (.*)", msgs[1]["content"]).group(1).strip()
+                if int(float(ref)) % 2 == 0:
+                    out["choices"][0]["message"]["content"] = "I would rather not say."
+            return status, out
+
+    judge = Picky()
+    try:
+        base = tiny_base(tiny_model)
+        base["eval"] |= {"cqs": "judge", "judge": {"base_url": judge.url, "model": "judge-m"}}
+        summary = ablate(GridSpec.model_validate({"name": "j", "base": base, "grid": {"eval.max_new_tokens": [4, 6]}}),
+                         tmp_path / "grid", cache_dir=tmp_path / "cache")
+    finally:
+        judge.close()
+    assert summary["counts"]["ok"] == 2
+    refs = [json.loads(x)["answer"] for x in open(summary["eval_file"]) if x.strip()]
+    unscored = sum(int(float(r)) % 2 == 0 for r in refs)
+    assert 0 < unscored < len(refs), refs  # the eval set holds both kinds
+    board = json.loads((tmp_path / "grid" / "leaderboard.json").read_text())
+    assert len(board["rows"]) == 2 and board["rows"][0]["cqs_kind"] == "judge"
+    for c in summary["cells"]:
+        s = json.loads((Path(c["stages"]["eval student"]["dir"]) / "scores.json").read_text())
+        assert s["cqs_missing"] == unscored and s["cqs_kind"] == "judge"
+        row = next(r for r in board["rows"] if r["name"] == c["name"])
+        assert [row["scores"]["CQS"]["lo"], row["scores"]["CQS"]["hi"]] == s["intervals"]["CQS"]  # same bootstrap
+    assert "judge" in (tmp_path / "grid" / "leaderboard.md").read_text()
