@@ -12,8 +12,6 @@ curate/, train/, eval/base, eval/student, scores.json, report.md, config.yaml.
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import shutil
 import time
@@ -32,8 +30,9 @@ from .io import package_versions, prepare_out_dir, read_json, read_jsonl, write_
 from .problems import ProblemsConfig, problems
 from .progress import info
 from .report import report
-from .stages import (MANIFEST, NOT_IN_KEY, CachedFailure, NotCached, StageResult, StageStore, code_version,  # noqa: F401
-                     digest, file_digest, merge_traces, release_memory, split_sources, stage_config, tree_files)
+from .stages import (MANIFEST, NOT_IN_KEY, CachedFailure, NotCached, StageResult, StageStore,  # noqa: F401
+                     check_diverged, code_version, digest, file_digest, merge_traces, release_memory, split_sources,
+                     stage_config, tree_files)
 from .train import TrainConfig, train
 
 PER_MODEL_FIELDS = ("AS", "CQS", "ES", "MLS", "overall", "mean_tokens", "model_bytes", "n", "cqs_kind", "by_family",
@@ -130,26 +129,6 @@ def problems_inputs(cfg: ProblemsConfig) -> dict[str, str]:
 def source_generate(cfg: RunConfig, name: str) -> GenerateConfig:
     """The generate config of one source: the run's generate section with the source's overrides."""
     return GenerateConfig.model_validate(deep_merge(cfg.generate.model_dump(), cfg.sources[name].generate))
-
-
-def _check_diverged(train_dir: Path) -> None:
-    """Fail a training that diverged: a non-finite logged loss, or NaN/inf in the weights it wrote
-    (the transformers Trainer filters NaN losses out of its logs, so the weights are the reliable sign)."""
-    log = train_dir / "train_log.jsonl"
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else {}
-            loss = row.get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                raise UserError(f"train: loss is {loss} at step {row.get('step')} (training diverged); "
-                                "lower train.learning_rate or raise train.warmup_ratio")
-    from safetensors.torch import load_file
-
-    for f in sorted(train_dir.rglob("*.safetensors")):
-        bad = [k for k, v in load_file(str(f)).items() if v.is_floating_point() and not bool(v.isfinite().all())]
-        if bad:
-            raise UserError(f"train: training diverged to NaN/inf ({len(bad)} tensors in {f.name}, first {bad[0]}); "
-                            "lower train.learning_rate or raise train.warmup_ratio")
 
 
 def _norm(q: str) -> str:
@@ -249,7 +228,7 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
 
     def train_fn(d: Path) -> None:
         train(cfg.train, cur.dir / "dataset.json", d)
-        _check_diverged(d)
+        check_diverged(d)
 
     tr = stage("train", "train", stage_config("train", cfg.train),
                {"dataset": cur.digest("dataset.json"), "base_model": base_fp}, train_fn)

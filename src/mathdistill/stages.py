@@ -25,6 +25,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -52,7 +53,7 @@ STAGE_ENTRY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "sources": (("stages",), ()),  # split_sources
     "generate": (("generate",), ("openai", "math-verify")),
     "curate": (("curate", "stages"), ("math-verify", "transformers")),  # + merge_traces (sources)
-    "train": (("train",), ("torch", "transformers", "peft", "trl", "accelerate")),
+    "train": (("train", "stages"), ("torch", "transformers", "peft", "trl", "accelerate", "safetensors")),  # + check_diverged
     "eval": (("evaluate",), ("torch", "transformers", "peft", "math-verify")),
 }
 # Settings that change speed, not results: not part of any key (``ablate --jobs`` sets the threads).
@@ -371,7 +372,7 @@ class StageStore:
         return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
-# ------------------------------------------------------------------------ small stages made here
+# ---------------------------------------------------------- stage code that lives here (in the keys above)
 
 def split_sources(sizes: dict[str, int], seed: int, train_file: Path, out: Path) -> None:
     """Stage ``sources``: shuffle the training problems (``seed``) and cut them into slices of ``sizes``, in order
@@ -398,3 +399,23 @@ def merge_traces(parts: list[Path], out: Path) -> None:
     with open(out, "w", encoding="utf-8") as fh:
         for p in parts:
             fh.write(p.read_text(encoding="utf-8"))
+
+
+def check_diverged(train_dir: Path) -> None:
+    """Fail a training that diverged: a non-finite logged loss, or NaN/inf in the weights it wrote
+    (the transformers Trainer filters NaN losses out of its logs, so the weights are the reliable sign)."""
+    log = train_dir / "train_log.jsonl"
+    if log.is_file():
+        for line in log.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line) if line.strip() else {}
+            loss = row.get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                raise UserError(f"train: loss is {loss} at step {row.get('step')} (training diverged); "
+                                "lower train.learning_rate or raise train.warmup_ratio")
+    from safetensors.torch import load_file
+
+    for f in sorted(train_dir.rglob("*.safetensors")):
+        bad = [k for k, v in load_file(str(f)).items() if v.is_floating_point() and not bool(v.isfinite().all())]
+        if bad:
+            raise UserError(f"train: training diverged to NaN/inf ({len(bad)} tensors in {f.name}, first {bad[0]}); "
+                            "lower train.learning_rate or raise train.warmup_ratio")
