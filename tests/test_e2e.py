@@ -59,7 +59,7 @@ def test_smoke_run_writes_scores_and_report(tmp_path, real_home):
     assert student["mean_tokens"] < 0.8 * base["mean_tokens"], (student["mean_tokens"], base["mean_tokens"])
     assert student["overall"] > base["overall"], (student["overall"], base["overall"])
     # ... and the run states the paired difference student - base with its interval (the one bootstrap)
-    d = scores["student_vs_base"]["overall"]
+    d = scores["run"]["student_vs_base"]["overall"]
     assert d["diff"] == pytest.approx(student["overall"] - base["overall"], abs=1e-3) and d["ci"][0] < d["ci"][1]
-    assert scores["student_vs_base"]["mean_tokens"]["ci"][1] < 0  # fewer tokens: the whole interval is below 0
+    assert scores["run"]["student_vs_base"]["mean_tokens"]["ci"][1] < 0  # fewer tokens: the whole interval is below 0
     assert f"student - base {d['diff']:+.1f} [{d['ci'][0]:+.1f}, {d['ci'][1]:+.1f}]" in md

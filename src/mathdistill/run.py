@@ -299,14 +299,14 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, overwrite: bool = Fal
     ex = execute(cfg, store, on_stage=lambda s, hit: info(f"[bold]== {s}[/bold]" + (" (cached)" if hit else "")))
     _materialize(cfg, ex, out)
     scores: dict[str, Any] = {k: per_model(ex.scores[k]) for k in ("base", "student") if k in ex.scores}
-    if "eval base" in ex.stages:
-        scores["student_vs_base"] = student_vs_base(cfg, ex)
     scores["config"] = cfg.model_dump(mode="json")
     times = {k: (r.seconds if r.executed else 0.0) for k, r in ex.stages.items()}
     times["total"] = round(time.monotonic() - t0, 1)
     scores["run"] = {"stage_seconds": times, "cached": [k for k, r in ex.stages.items() if not r.executed],
                      "stage_keys": {k: r.key for k, r in ex.stages.items()}, "cache": str(store.root),
                      "versions": package_versions()}
+    if "eval base" in ex.stages:
+        scores["run"]["student_vs_base"] = student_vs_base(cfg, ex)
     write_json(out / "scores.json", scores)
     path = report(out)
     reused = scores["run"]["cached"]
