@@ -286,7 +286,7 @@ def _student_vs_base(evals: list[EvalEntry]) -> list[str]:
     return [f"**The student {verdict} the base model: Overall {ov['B']:.1f} vs {ov['A']:.1f}, student - base "
             f"{ci('overall')}; AS {ci('AS')}** ({conf}% paired percentile bootstrap over the same {r['n']} problems, "
             f"{r['samples']} resamples, seed {r['seed']}; \"beats\" only when the whole interval is above 0).", "",
-            "| student - base | " + " | ".join(("CQS" if k == "CQS" else k) for k in ("AS", "CQS", "ES", "MLS", "overall")) + " |",
+            "| student - base | AS | CQS | ES | MLS | Overall |",
             "|---|---|---|---|---|---|",
             "| difference [interval] | " + " | ".join(ci(k) if d[k]["diff"] is not None else "n/a"
                                                      for k in ("AS", "CQS", "ES", "MLS", "overall")) + " |", ""]
