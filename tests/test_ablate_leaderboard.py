@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import csv
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mathdistill.leaderboard import CellResult, compute, pareto_front, write
-from mathdistill.scores import ScoreConfig, aggregate, es_score
-from mathdistill.stats import bootstrap_ci, paired_diff_ci, score_columns, score_samples
+from mathdistill.scores import ScoreConfig, aggregate, es_score, score_columns, score_stat
+from mathdistill.stats import bootstrap, paired_bootstrap, resample
 
 MB50 = 50_000_000  # MLS = 100 at or below 50 MB
 
@@ -98,32 +99,79 @@ def test_pareto_front():
 
 # ---------------------------------------------------------------------------------------------- stats
 
-def test_bootstrap_ci_of_two_values_spans_both():
+def test_bootstrap_of_two_values_spans_both():
     # resampled means of [0, 10] are 0, 5, 10 with probability 1/4, 1/2, 1/4: the 95 % interval is [0, 10]
-    iv = bootstrap_ci([0.0, 10.0], samples=4000)
+    iv = bootstrap([0.0, 10.0], samples=4000)
     assert (iv.point, iv.lo, iv.hi) == (5.0, 0.0, 10.0)
 
 
 def test_paired_difference_of_a_constant_shift_has_no_width():
     rng = np.random.default_rng(0)
     a = rng.normal(50, 20, 200)
-    iv = paired_diff_ci(a + 3.0, a)
+    iv = paired_bootstrap(a, a + 3.0)  # B - A
     assert iv.point == pytest.approx(3.0) and iv.lo == pytest.approx(3.0) and iv.hi == pytest.approx(3.0)
-    unpaired = bootstrap_ci(a + 3.0)
+    assert paired_bootstrap(a + 3.0, a).point == pytest.approx(-3.0)
+    unpaired = bootstrap(a + 3.0)
     assert unpaired.hi - unpaired.lo > 4  # each run alone varies a lot; the pairing removes it
 
 
-def test_paired_diff_requires_the_same_problems():
+def test_paired_bootstrap_requires_the_same_problems():
     with pytest.raises(ValueError, match="same problems"):
-        paired_diff_ci([1.0, 2.0], [1.0])
+        paired_bootstrap([1.0, 2.0], [1.0])
 
 
-def test_score_samples_equal_scores_aggregate():
+def test_score_stat_equals_scores_aggregate():
     rows = preds([1, 0, 1, 1, 0], [80, 20, 60, 100, 0], [30, 500, 90, 64, 4096])
     cfg = ScoreConfig()
     agg = aggregate(rows, 3 * MB50, cfg)
-    s = score_samples(score_columns(rows), 3 * MB50, cfg)
+    s = score_stat(cfg)(resample(score_columns(rows, 3 * MB50), np.arange(5)[None, :]))
     for k in ("AS", "CQS", "ES", "MLS", "overall"):
         assert s[k][0] == pytest.approx(agg[k], abs=1e-3), k
     assert s["ES"][0] == pytest.approx(es_score(sum([30, 500, 90, 64, 4096]) / 5), abs=1e-9)
     assert not math.isnan(s["overall"][0])
+
+
+# ------------------------------------------------------------------- a judge that leaves chains unscored
+
+def test_judge_eval_with_unscored_chains_goes_through_ablate_to_a_leaderboard(tiny_model, tmp_path):
+    """eval.cqs: judge where the judge cannot score some chains (NaN CQS): every cell is scored and the
+    leaderboard is written (it used to crash in the bootstrap after every cell had run)."""
+    import json
+    import re
+
+    from ablate_util import tiny_base
+    from mathdistill.ablate import GridSpec, ablate
+    from test_eval_endpoint import Endpoint
+
+    class Picky(Endpoint):
+        """Refuses to grade the chains of problems with an even reference answer."""
+
+        def reply(self, body):
+            status, out = super().reply(body)
+            msgs = body["messages"]
+            if msgs[0]["content"].startswith("You grade"):
+                ref = re.search(r"Reference answer: (.*)", msgs[1]["content"]).group(1).strip()
+                if int(float(ref)) % 2 == 0:
+                    out["choices"][0]["message"]["content"] = "I would rather not say."
+            return status, out
+
+    judge = Picky()
+    try:
+        base = tiny_base(tiny_model)
+        base["eval"] |= {"cqs": "judge", "judge": {"base_url": judge.url, "model": "judge-m"}}
+        summary = ablate(GridSpec.model_validate({"name": "j", "base": base, "grid": {"eval.max_new_tokens": [4, 6]}}),
+                         tmp_path / "grid", cache_dir=tmp_path / "cache")
+    finally:
+        judge.close()
+    assert summary["counts"]["ok"] == 2
+    refs = [json.loads(x)["answer"] for x in open(summary["eval_file"]) if x.strip()]
+    unscored = sum(int(float(r)) % 2 == 0 for r in refs)
+    assert 0 < unscored < len(refs), refs  # the eval set holds both kinds
+    board = json.loads((tmp_path / "grid" / "leaderboard.json").read_text())
+    assert len(board["rows"]) == 2 and board["rows"][0]["cqs_kind"] == "judge"
+    for c in summary["cells"]:
+        s = json.loads((Path(c["stages"]["eval student"]["dir"]) / "scores.json").read_text())
+        assert s["cqs_missing"] == unscored and s["cqs_kind"] == "judge"
+        row = next(r for r in board["rows"] if r["name"] == c["name"])
+        assert [row["scores"]["CQS"]["lo"], row["scores"]["CQS"]["hi"]] == s["intervals"]["CQS"]  # same bootstrap
+    assert "judge" in (tmp_path / "grid" / "leaderboard.md").read_text()

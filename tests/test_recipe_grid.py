@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mathdistill.ablate import GridSpec, ablate, expand
@@ -75,7 +76,8 @@ def test_recipe_grid_end_to_end_on_a_tiny_model(tmp_path, tiny_model):
     assert cu["rows_repaired"] > 0 and cu["steps_repaired"] >= cu["rows_repaired"]
     assert cu["removed"]["verify_answer"] > 0 and cu["removed"]["select"] > 0 and cu["rows_out"] <= 24
     d = s["diff"]["overall"]
-    assert d["lo"] <= d["point"] <= d["hi"]
+    ov = {k: c["scores"]["overall"]["point"] for k, c in s["cells"].items()}
+    assert d["point"] == pytest.approx(ov["mathdistill"] - ov["seed"], abs=1e-3)  # mathdistill - seed (B - A)
     assert set(seed["AS_by_family"]) == {"chain_sum", "basic_arithmetic"}
     text = bench.report(s)
     assert "Overall difference mathdistill - seed" in text and "AS per family" in text

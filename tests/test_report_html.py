@@ -114,7 +114,14 @@ def test_run_report_md(tmp_path):
     run = make_run(tmp_path / "run")
     md = report(run).read_text()
     assert md.startswith("# mathdistill run report")
-    assert "**The student beats the base model" in md and "mathdistill eval --compare" in md
+    # the paired difference student - base with its interval, stated in the report itself (one bootstrap)
+    m = re.search(r"\*\*The student (beats|is not distinguishable from|is worse than) the base model: Overall ([\d.]+) vs ([\d.]+), "
+                  r"student - base ([+-][\d.]+) \[([+-][\d.]+), ([+-][\d.]+)\]; AS ([+-][\d.]+) \[", md)
+    assert m, md[:600]
+    verdict, student, base, d, lo, hi = m.group(1), *map(float, m.groups()[1:6])
+    assert d == pytest.approx(student - base, abs=0.11) and lo < hi
+    assert verdict == ("beats" if lo > 0 else "is worse than" if hi < 0 else "is not distinguishable from")
+    assert "mathdistill eval --compare" not in md
     assert "CQS here is the **proxy**" in md and "95% interval" in md
     for f in ("scores.png", "tradeoff.png", "tokens.png", "loss.png"):
         assert (run / f).is_file() and f"]({f})" in md

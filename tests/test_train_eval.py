@@ -48,7 +48,6 @@ def test_train_writes_adapter_and_lowers_loss(tiny_model, tmp_path):
     log = [json.loads(x) for x in (tmp_path / "train" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == s["steps"] == 12
     assert log[-1]["loss"] < log[0]["loss"]
-    assert s["tokens_per_s"] > 0
     # the run folder resolves to base + adapter, and ships the adapter's bytes too
     spec = resolve(str(tmp_path / "train"))
     assert spec.adapter and model_bytes(spec) > model_bytes(resolve(str(tiny_model)))

@@ -61,9 +61,11 @@ class GridError(UserError):
 class BootstrapConfig(StageConfig):
     """How the leaderboard's intervals are drawn."""
 
-    samples: int = Field(1000, ge=10, description="bootstrap resamples of the eval problems")
-    confidence: float = Field(0.95, gt=0, lt=1, description="interval coverage")
-    seed: int = Field(0, description="seed of the resampling (one draw shared by every cell: paired differences)")
+    samples: int | None = Field(None, ge=10, description="bootstrap resamples of the eval problems "
+                                "(None: the base config's eval.score.bootstrap_samples, as eval uses)")
+    confidence: float | None = Field(None, gt=0, lt=1, description="interval coverage (None: eval.score.confidence)")
+    seed: int | None = Field(None, description="seed of the resampling, one draw shared by every cell: paired differences "
+                             "(None: eval.score.bootstrap_seed)")
 
 
 class CellSpec(StageConfig):
@@ -620,13 +622,13 @@ def leaderboard(plan: Plan, records: list[dict[str, Any]], out: Path) -> dict[st
     The leaderboard is a function of the cells' eval outputs (by stage key), their values and reasons, and the
     bootstrap settings; when those equal the ones recorded in ``leaderboard.json``, the files are kept as they are.
     """
-    from importlib.util import find_spec
+    from .stages import modules_digest
 
     inputs = {"cells": [[r["name"], r["values"], r["status"], r["reason"],
                          {k: v["key"] for k, v in r["stages"].items() if k.startswith("eval")}] for r in records],
               "baseline": plan.baseline, "varied": plan.varied, "bootstrap": plan.spec.bootstrap.model_dump(),
               "title": plan.spec.name,
-              "code": _source_digest(find_spec("mathdistill.leaderboard").origin, find_spec("mathdistill.stats").origin, __file__)}
+              "code": modules_digest(("leaderboard", "ablate"))}
     digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
     old = out / "leaderboard.json"
     if old.is_file() and all((out / f).is_file() for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.html")):
@@ -657,10 +659,3 @@ def leaderboard(plan: Plan, records: list[dict[str, Any]], out: Path) -> dict[st
     board["inputs_sha256"] = digest
     lb.write(board, out, plan.spec.name)
     return board
-
-
-def _source_digest(*files: str) -> str:
-    h = hashlib.sha256()
-    for f in files:
-        h.update(Path(f).read_bytes())
-    return h.hexdigest()[:16]

@@ -221,6 +221,9 @@ def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", h
              id_field: Optional[str] = typer.Option(None, "--id-field", help=h(PredictionFields, "id_field").replace("config: ", "config: predictions_fields.")),
              output_field: Optional[str] = typer.Option(None, "--output-field", help=h(PredictionFields, "output_field").replace("config: ", "config: predictions_fields.")),
              tokens_field: Optional[str] = typer.Option(None, "--tokens-field", help=h(PredictionFields, "tokens_field").replace("config: ", "config: predictions_fields.")),
+             tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="with --predictions: a local model whose tokenizer "
+                                                     "counts the tokens of outputs that have no token count (its size is not "
+                                                     "used for MLS; --model is the model that made the predictions)"),
              compare: Optional[tuple[Path, Path]] = typer.Option(None, "--compare", help="A B: paired difference B - A per score, "
                                                                  "with its interval, of two eval folders (nothing is generated)"),
              config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
@@ -245,7 +248,8 @@ def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", h
                        {"backend": backend, "base_url": base_url, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                         "limit": limit, "seed": seed, "model_bytes": model_bytes, "cqs": cqs, "calculator": calculator,
                         "judge": judge or None, "predictions_fields": fields or None})
-    evaluate(cfg, problems, prepare_out_dir(out, overwrite), model=model, adapter=adapter, label=label, predictions=predictions)
+    evaluate(cfg, problems, prepare_out_dir(out, overwrite), model=model, adapter=adapter, label=label, predictions=predictions,
+             tokenizer=tokenizer)
 
 
 @app.command("serve")

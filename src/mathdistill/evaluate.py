@@ -38,7 +38,8 @@ class PredictionFields(StageConfig):
 
     id_field: str = Field("problem_id", description="field with the problem id (matches the problems file's id)")
     output_field: str = Field("output", description="field with the model's full output (chain and final answer)")
-    tokens_field: str | None = Field("tokens", description="field with completion tokens; missing: counted with --model's tokenizer")
+    tokens_field: str | None = Field("tokens", description="field with completion tokens; missing: counted with the "
+                                     "tokenizer of --tokenizer (or of --model)")
     finish_reason_field: str | None = Field("finish_reason", description="field with the finish reason (\"length\" scores a miss)")
 
 
@@ -163,7 +164,7 @@ def read_predictions(path: str | Path, probs: list[Problem], f: PredictionFields
                 tok = tokenizer_for() if tokenizer_for else None
             if tok is None:
                 raise UserError(f"{where}: no token count ({f.tokens_field!r}); map it with --tokens-field, or pass "
-                                "--model (a local model whose tokenizer counts the tokens)")
+                                "--tokenizer MODEL (a local model whose tokenizer counts the tokens)")
             tokens = len(tok(out, add_special_tokens=False)["input_ids"]) + 1  # + EOS, as generation counts it
             tally.add("tokens_counted_with_tokenizer")
         fr = str(rec.get(f.finish_reason_field) or "stop") if f.finish_reason_field else "stop"
@@ -177,9 +178,14 @@ def _recorded(cfg: EvalConfig, field: str, generated: bool) -> Any:
 
 
 def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, model: str | None = DEFAULT_STUDENT,
-             adapter: str | None = None, label: str | None = None, predictions: str | Path | None = None) -> dict[str, Any]:
+             adapter: str | None = None, label: str | None = None, predictions: str | Path | None = None,
+             tokenizer: str | None = None) -> dict[str, Any]:
     """Score ``model`` (+ ``adapter``) on ``problems_path``, or score ``predictions`` made elsewhere;
-    write ``predictions.jsonl``, ``scores.json`` and (``cfg.report``) ``report.md`` + ``report.html``."""
+    write ``predictions.jsonl``, ``scores.json`` and (``cfg.report``) ``report.md`` + ``report.html``.
+
+    With ``predictions``, ``model`` is the model that made them (its size gives MLS, its tokenizer counts missing
+    token counts) and ``tokenizer`` a model whose tokenizer only counts tokens (its size is not used). Without a
+    size (``model`` or ``cfg.model_bytes``), MLS is None and Overall is over AS, CQS and ES (see :mod:`scores`)."""
     if cfg.calculator and predictions is not None:
         raise UserError("eval --calculator steers generation; with --predictions nothing is generated: drop one of them")
     if cfg.calculator and cfg.backend != "transformers":
@@ -194,11 +200,15 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
     backend: Backend | None = None
     spec = None
     t0 = time.monotonic()
+    if tokenizer is not None and predictions is None:
+        raise UserError("eval --tokenizer counts the tokens of --predictions made elsewhere; without --predictions "
+                        "the model's own tokenizer counts them: drop --tokenizer")
     if predictions is not None:
         if model:
             spec = resolve(model, adapter)
+        tok_spec = resolve(tokenizer) if tokenizer else spec
         gens, pred_tally = read_predictions(predictions, probs, cfg.predictions_fields,
-                                            (lambda: load_tokenizer(spec)) if spec else None)
+                                            (lambda: load_tokenizer(tok_spec)) if tok_spec else None)
         skipped.merge(pred_tally)
         if pred_tally.total():
             info(f"eval: {predictions}: " + "; ".join(pred_tally.lines()[:6]))
@@ -228,10 +238,11 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
         if failed:
             info(f"eval: the judge could not score {failed} of {len(verdicts)} chains (left out of CQS; see predictions.jsonl)")
     if mbytes is None:
-        info("eval: model size unknown (pass --model-bytes N or a local --model); MLS is scored 0")
+        info("eval: model size unknown (pass --model-bytes N, or --model for the local model that made the predictions): "
+             "MLS is not scored (null) and Overall is over AS, CQS and ES with their weights renormalised")
     write_jsonl(out / "predictions.jsonl", preds)
     rows = [p.model_dump() for p in preds]
-    scores = aggregate(rows, mbytes or 0, cfg.score, cqs_kind=cfg.cqs)
+    scores = aggregate(rows, mbytes, cfg.score, cqs_kind=cfg.cqs)
     scores["misses"] = {r: misses.counts.get(r, 0) for r in MISS_REASONS} | {"examples": misses.examples}
     total_tokens = sum(p.tokens for p in preds)
     ids = [p.id for p in probs]
@@ -244,7 +255,7 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
         "cqs": {k: cqs_meta.get(k) for k in ("kind", "judge_model", "rubric_sha256")},
     }
     scores["meta"] = {
-        "label": label or model or Path(str(predictions)).stem, "model": model, "adapter": adapter,
+        "label": label or model or Path(str(predictions)).stem, "model": model, "adapter": adapter, "tokenizer": tokenizer,
         "source": "generated" if generated else f"predictions: {predictions}",
         **(backend.describe() if backend else {"backend": None}),
         "model_bytes_known": mbytes is not None,
@@ -262,8 +273,10 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
     iv = scores["intervals"]
     ci = lambda k: f" [{iv[k][0]:.1f}, {iv[k][1]:.1f}]" if iv.get(k) else ""  # noqa: E731
     miss = ", ".join(f"{k} {v}" for k, v in scores["misses"].items() if k != "examples" and v)
+    mls = "n/a (size unknown)" if scores["MLS"] is None else f"{scores['MLS']:.1f}"
+    ov = "Overall" if scores["MLS"] is not None else "Overall(AS,CQS,ES; no MLS)"
     info(f"eval {escape(str(scores['meta']['label']))}: AS {scores['AS']:.1f}{ci('AS')}  CQS({cfg.cqs}) {scores['CQS']:.1f}{ci('CQS')}  "
-         f"ES {scores['ES']:.1f}{ci('ES')}  MLS {scores['MLS']:.1f}  Overall {scores['overall']:.1f}{ci('overall')}  "
+         f"ES {scores['ES']:.1f}{ci('ES')}  MLS {mls}  {escape(ov)} {scores['overall']:.1f}{ci('overall')}  "
          f"({scores['mean_tokens']:.0f} tokens/problem" + (f", {scores['meta']['gen_tokens_per_s']} tok/s" if generated else "")
          + ")" + (f"; misses: {miss}" if miss else ""))
     if cfg.report:
@@ -328,6 +341,9 @@ def compare(a: str | Path, b: str | Path, out_dir: str | Path | None = None) -> 
     lost = [i for i in ids if i not in rows_a or i not in rows_b]
     if lost:
         raise UserError(f"cannot compare {a} and {b}: predictions.jsonl lacks problem {lost[0]} ({len(lost)} missing); rerun that eval")
+    if (sa.get("model_bytes") is None) != (sb.get("model_bytes") is None):
+        raise UserError(f"cannot compare {a} and {b}: {'A' if sa.get('model_bytes') is None else 'B'} has no model size, so its "
+                        "Overall leaves MLS out; rescore it with --model-bytes N (or --model) so both Overalls have the same terms")
     score_cfg = ScoreConfig.model_validate(sa["meta"]["config"]["score"])
     diff = paired_bootstrap([rows_a[i] for i in ids], [rows_b[i] for i in ids], sa["model_bytes"], sb["model_bytes"], score_cfg)
     result = {"A": {"path": str(pa), "label": sa["meta"].get("label")}, "B": {"path": str(pb), "label": sb["meta"].get("label")},
@@ -355,9 +371,10 @@ def format_compare(result: dict[str, Any]) -> list[str]:
     for k in INTERVAL_KEYS:
         d = result["diff"][k]
         ci = f"[{d['ci'][0]:+.2f}, {d['ci'][1]:+.2f}]" if d["ci"] else "n/a"
-        verdict = "real difference" if d["significant"] else "not distinguishable from 0"
+        verdict = "real difference" if d["significant"] else "not distinguishable from 0" if d["ci"] else "unknown"
         name = "CQS (" + str(result["cqs_kind"]) + ")" if k == "CQS" else k
-        lines.append(f"{name:<12}{d['A']:>9.2f}{d['B']:>9.2f}{d['diff']:>+9.2f}   {ci}  {verdict}")
+        f = lambda x, sign="": f"{x:>{sign}9.2f}" if x is not None else f"{'n/a':>9}"  # noqa: E731
+        lines.append(f"{name:<12}{f(d['A'])}{f(d['B'])}{f(d['diff'], '+')}   {ci}  {verdict}")
     return lines
 
 

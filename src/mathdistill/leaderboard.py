@@ -2,8 +2,11 @@
 the effect of each varied field, a Pareto plot; written as ``leaderboard.md``, ``leaderboard.csv`` and a
 self-contained ``leaderboard.html`` (plots inline).
 
-All intervals come from one bootstrap draw of problem indices shared by every cell (``stats``), so cell
-differences are paired: every cell was scored on the same eval problems, in the same order.
+All intervals come from the one bootstrap of :mod:`mathdistill.stats` (as in ``eval`` and ``eval --compare``),
+with one draw of problem indices shared by every cell, so cell differences are paired: every cell was scored on
+the same eval problems, in the same order. A difference is cell - baseline (B - A, the ``stats`` convention).
+The resample count, confidence and seed default to the baseline cell's ``eval.score`` settings, so the same
+predictions and seed give a cell the same interval here as in its ``scores.json``.
 
 Effect of a varied field (value ``v`` against the baseline's value ``v0``): the mean over *matched pairs*
 of cells (equal on every other varied field) of ``Overall(v) - Overall(v0)``, with its interval from the
@@ -30,7 +33,7 @@ from .scores import ScoreConfig
 if TYPE_CHECKING:
     import numpy as np
 
-SCORE_FIELDS = ("AS", "CQS", "ES", "MLS", "overall")  # as in stats (imported lazily: numpy is not needed to plan a grid)
+SCORE_FIELDS = ("AS", "CQS", "ES", "MLS", "overall")
 
 LABELS = {"AS": "AS", "CQS": "CQS", "ES": "ES", "MLS": "MLS", "overall": "Overall"}
 
@@ -44,7 +47,7 @@ class CellResult:
     status: str = "ok"  # ok | failed
     reason: str | None = None  # why it failed
     predictions: list[dict[str, Any]] | None = None  # predictions.jsonl rows of the student
-    model_bytes: int = 0
+    model_bytes: int | None = 0  # None: size unknown (MLS null, Overall over AS, CQS, ES)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     cqs_kind: str = "proxy"
 
@@ -53,7 +56,7 @@ class CellResult:
 class BaseModelResult:
     label: str
     predictions: list[dict[str, Any]]
-    model_bytes: int
+    model_bytes: int | None
     score: ScoreConfig = field(default_factory=ScoreConfig)
 
 
@@ -78,6 +81,10 @@ def _fmt(x: float | None, digits: int = 1, sign: bool = False) -> str:
     return f"{x:+.{digits}f}" if sign else f"{x:.{digits}f}"
 
 
+def _mb(size: int | None) -> str:
+    return "unknown" if size is None else f"{size / 1e6:.1f}"
+
+
 def _ci(iv: Any, sign: bool = False) -> str:
     return f"{_fmt(iv.point, sign=sign)} [{_fmt(iv.lo, sign=sign)}, {_fmt(iv.hi, sign=sign)}]"
 
@@ -95,10 +102,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def compute(cells: list[CellResult], baseline: str | None, varied: list[str], samples: int = 1000,
-            confidence: float = 0.95, seed: int = 0, base_models: list[BaseModelResult] | None = None) -> dict[str, Any]:
-    """Every number the leaderboard shows, as a JSON-able dict (the writers only format it)."""
-    from .stats import bootstrap_indices, score_columns, score_diff_intervals, score_intervals, score_samples
+def compute(cells: list[CellResult], baseline: str | None, varied: list[str], samples: int | None = None,
+            confidence: float | None = None, seed: int | None = None,
+            base_models: list[BaseModelResult] | None = None) -> dict[str, Any]:
+    """Every number the leaderboard shows, as a JSON-able dict (the writers only format it).
+
+    ``samples``/``confidence``/``seed``: the bootstrap's; None takes the baseline cell's ``score`` settings."""
+    from .scores import score_columns, score_differences, score_intervals, score_stat
+    from .stats import bootstrap_indices, resample
 
     ok = [c for c in cells if c.status == "ok" and c.predictions]
     failed = [c for c in cells if c not in ok]
@@ -113,20 +124,23 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
         out["baseline_note"] = f"baseline cell {baseline!r} has no scores; differences are against {ok[0].name!r}"
         base = ok[0]
     out["baseline"] = base.name
+    boot = base.score.model_copy(update={k: v for k, v in {"bootstrap_samples": samples, "confidence": confidence,
+                                                           "bootstrap_seed": seed}.items() if v is not None})
+    out.update(samples=boot.bootstrap_samples, confidence=boot.confidence, seed=boot.bootstrap_seed)
     ids = [p["problem_id"] for p in base.predictions or []]
     n = len(ids)
     out["n"] = n
-    idx = bootstrap_indices(n, samples, seed)
-    cols = {c.name: score_columns(c.predictions or []) for c in ok}
+    idx = bootstrap_indices(n, boot.bootstrap_samples, boot.bootstrap_seed)
+    cols = {c.name: score_columns(c.predictions or [], c.model_bytes) for c in ok}
     draws: dict[str, np.ndarray] = {}
     points: dict[str, float] = {}
     for c in ok:
+        cfg = c.score.model_copy(update={"confidence": boot.confidence})
         same = [p["problem_id"] for p in c.predictions or []] == ids
-        ivs = score_intervals(cols[c.name], c.model_bytes, c.score, idx, confidence)
-        diff = (score_diff_intervals(cols[c.name], c.model_bytes, cols[base.name], base.model_bytes, c.score, idx, confidence)
-                if same else None)
+        ivs = score_intervals(cols[c.name], cfg, idx if same else None)
+        diff = score_differences(cols[base.name], cols[c.name], cfg, idx) if same else None
         if same:
-            draws[c.name] = score_samples(cols[c.name], c.model_bytes, c.score, idx)["overall"]
+            draws[c.name] = score_stat(c.score)(resample(cols[c.name], idx))["overall"]
             points[c.name] = ivs["overall"].point
         out["rows"].append({
             "name": c.name, "values": {k: value_label(c.values.get(k)) for k in varied},
@@ -140,15 +154,16 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
     for i, r in enumerate(out["rows"], 1):
         r["rank"] = i
     for b in base_models or []:
-        bc = score_columns(b.predictions)
+        bc = score_columns(b.predictions, b.model_bytes)
         if [p["problem_id"] for p in b.predictions] != ids:
             continue
-        ivs = score_intervals(bc, b.model_bytes, b.score, idx, confidence)
-        dif = score_diff_intervals(bc, b.model_bytes, cols[base.name], base.model_bytes, b.score, idx, confidence)
+        cfg = b.score.model_copy(update={"confidence": boot.confidence})
+        ivs = score_intervals(bc, cfg, idx)
+        dif = score_differences(cols[base.name], bc, cfg, idx)
         out["base_models"].append({"name": b.label, "scores": {k: ivs[k].as_dict() for k in SCORE_FIELDS},
                                    "diff": {k: dif[k].as_dict() for k in SCORE_FIELDS},
                                    "mean_tokens": float(bc["tokens"].mean()), "model_bytes": b.model_bytes})
-    out["effects"] = _effects([c for c in ok if c.name in draws], base, varied, draws, points, confidence)
+    out["effects"] = _effects([c for c in ok if c.name in draws], base, varied, draws, points, boot.confidence)
     return out
 
 
@@ -245,7 +260,7 @@ def plots(board: dict[str, Any]) -> dict[str, bytes]:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, xkey, xlabel, scale in ((axes[0], "mean_tokens", "mean completion tokens per problem (fewer is better)", 1.0),
                                     (axes[1], "model_bytes", "model MB as served (smaller is better)", 1e-6)):
-        xs = [r[xkey] * scale for r in rows]
+        xs = [r[xkey] * scale if r[xkey] is not None else math.nan for r in rows]  # unknown size: not plotted
         ys = [r["scores"]["overall"]["point"] for r in rows]
         err = [[y - r["scores"]["overall"]["lo"] for y, r in zip(ys, rows)], [r["scores"]["overall"]["hi"] - y for y, r in zip(ys, rows)]]
         ax.errorbar(xs, ys, yerr=err, fmt="o", color="tab:blue", alpha=0.75, capsize=3, label="cell (95% interval)")
@@ -255,7 +270,7 @@ def plots(board: dict[str, Any]) -> dict[str, bytes]:
             ax.annotate(str(r["rank"]), (xs[i], ys[i]), fontsize=7, xytext=(4, 3), textcoords="offset points",
                         color="tab:red" if i in front else "black")
         for b in board.get("base_models", []):
-            bx = b[xkey] * scale
+            bx = b[xkey] * scale if b[xkey] is not None else math.nan
             ax.plot([bx], [b["scores"]["overall"]["point"]], "s", color="gray", label="base model (untrained)")
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
@@ -295,6 +310,9 @@ def _header(board: dict[str, Any], title: str) -> list[str]:
                       f"seed {board['seed']}), paired for differences; `*` marks a difference whose interval excludes 0. "
                       f"CQS is the {'offline proxy (not an LLM judge)' if kind == 'proxy' else kind}. "
                       f"Baseline cell: **{board['baseline']}**.")
+        if any(r["scores"]["MLS"]["point"] is None for r in board["rows"]):
+            lines += ["", "Note: a cell whose model size is unknown has MLS n/a, and its Overall is over AS, CQS and ES "
+                          "with their weights renormalised (not comparable with a four-term Overall)."]
         if board.get("baseline_note"):
             lines += ["", f"Note: {board['baseline_note']}."]
     return lines
@@ -315,13 +333,13 @@ def to_markdown(board: dict[str, Any], title: str, images: dict[str, str] | None
                     (_ci(Interval(**d["overall"]), sign=True) + (" *" if r["diff_significant"] else "")) if d else "n/a (other problems)")
             cells = [str(r["rank"]), r["name"], *[r["values"][k] for k in varied],
                      *[_ci(Interval(**s[k])) for k in ("AS", "CQS", "ES", "MLS")], f"**{_ci(Interval(**s['overall']))}**",
-                     dtxt, f"{r['mean_tokens']:.0f}", f"{r['model_bytes'] / 1e6:.1f}"]
+                     dtxt, f"{r['mean_tokens']:.0f}", _mb(r["model_bytes"])]
             lines.append("| " + " | ".join(cells) + " |")
         for b in board.get("base_models", []):
             s = b["scores"]
             cells = ["", f"{b['name']} (untrained base, reference)", *["" for _ in varied],
                      *[_ci(Interval(**s[k])) for k in ("AS", "CQS", "ES", "MLS")], _ci(Interval(**s["overall"])),
-                     _ci(Interval(**b["diff"]["overall"]), sign=True), f"{b['mean_tokens']:.0f}", f"{b['model_bytes'] / 1e6:.1f}"]
+                     _ci(Interval(**b["diff"]["overall"]), sign=True), f"{b['mean_tokens']:.0f}", _mb(b["model_bytes"])]
             lines.append("| " + " | ".join(cells) + " |")
     if board["effects"]:
         lines += ["", "## Effect of each varied field (averaged over the others)", "",

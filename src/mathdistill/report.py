@@ -109,7 +109,7 @@ def _plots(root: Path, evals: list[EvalEntry]) -> dict[str, tuple[str, bytes]]:
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
     width = 0.8 / max(len(evals), 1)
     for j, e in enumerate(evals):
-        vals = [e.scores[k] for k in SCORE_KEYS]
+        vals = [e.scores[k] if e.scores.get(k) is not None else 0.0 for k in SCORE_KEYS]  # MLS of an unknown size: no bar
         iv = e.scores.get("intervals") or {}
         err = [[max(0.0, v - (iv.get(k) or [v, v])[0]) for k, v in zip(SCORE_KEYS, vals)],
                [max(0.0, (iv.get(k) or [v, v])[1] - v) for k, v in zip(SCORE_KEYS, vals)]]
@@ -183,7 +183,7 @@ def _table(head: list[str], rows: list[list[Any]]) -> list[str]:
 def _with_ci(s: dict[str, Any], k: str) -> str:
     v = s.get(k)
     if v is None:
-        return "n/a"
+        return "n/a (size unknown)" if k == "MLS" and "MLS" in s else "n/a"
     iv = (s.get("intervals") or {}).get(k)
     if iv and k != "MLS":
         return f"{v:.1f} [{iv[0]:.1f}, {iv[1]:.1f}]"
@@ -198,7 +198,8 @@ def _score_rows(entries: list[tuple[str, dict[str, Any]]]) -> list[list[Any]]:
         miss = s.get("misses") or {}
         n_miss = sum(v for k, v in miss.items() if k != "examples" and isinstance(v, int))
         rows.append([name, _with_ci(s, "AS"), _with_ci(s, "CQS"), _with_ci(s, "ES"), _with_ci(s, "MLS"),
-                     _with_ci(s, "overall"), f"{s['mean_tokens']:.0f}", f"{s['model_bytes'] / 1e6:.1f}", s["n"],
+                     _with_ci(s, "overall") + ("" if s.get("MLS") is not None or "MLS" not in s else " (AS, CQS, ES)"),
+                     f"{s['mean_tokens']:.0f}", "unknown" if s.get("model_bytes") is None else f"{s['model_bytes'] / 1e6:.1f}", s["n"],
                      n_miss if miss else "-"])
     return rows
 
@@ -249,6 +250,47 @@ def _questions(evals: list[EvalEntry]) -> dict[str, str]:
     return out
 
 
+def student_vs_base(evals: list[EvalEntry]) -> dict[str, Any] | None:
+    """The paired difference student - base (B - A) of every score with its interval, by the one bootstrap
+    (:func:`mathdistill.scores.paired_bootstrap`, the student's score settings), over the problems both were
+    scored on; None without both models' predictions of the same problems."""
+    from .scores import ScoreConfig, paired_bootstrap
+
+    by = {e.label: e for e in evals}
+    if "base" not in by or "student" not in by or not by["base"].preds or not by["student"].preds:
+        return None
+    a = {p["problem_id"]: p for p in by["base"].preds}
+    b = {p["problem_id"]: p for p in by["student"].preds}
+    ids = [i for i in b if i in a]
+    if not ids or len(ids) != len(a) or len(ids) != len(b):
+        return None
+    cfg = ScoreConfig.model_validate(by["student"].scores.get("meta", {}).get("config", {}).get("score", {}))
+    diff = paired_bootstrap([a[i] for i in ids], [b[i] for i in ids], by["base"].scores.get("model_bytes"),
+                            by["student"].scores.get("model_bytes"), cfg)
+    return {"n": len(ids), "diff": diff, "samples": cfg.bootstrap_samples, "confidence": cfg.confidence,
+            "seed": cfg.bootstrap_seed}
+
+
+def _student_vs_base(evals: list[EvalEntry]) -> list[str]:
+    r = student_vs_base(evals)
+    if r is None:
+        return []
+    d = r["diff"]
+    ov = d["overall"]
+    lo, hi = ov["ci"] or [None, None]
+    verdict = ("beats" if lo is not None and lo > 0 else "is worse than" if hi is not None and hi < 0
+               else "is not distinguishable from")
+    ci = lambda k: f"{d[k]['diff']:+.1f} [{d[k]['ci'][0]:+.1f}, {d[k]['ci'][1]:+.1f}]" if d[k]["ci"] else f"{d[k]['diff']:+.1f} [n/a]"  # noqa: E731
+    conf = int(round(100 * r["confidence"]))
+    return [f"**The student {verdict} the base model: Overall {ov['B']:.1f} vs {ov['A']:.1f}, student - base "
+            f"{ci('overall')}; AS {ci('AS')}** ({conf}% paired percentile bootstrap over the same {r['n']} problems, "
+            f"{r['samples']} resamples, seed {r['seed']}; \"beats\" only when the whole interval is above 0).", "",
+            "| student - base | AS | CQS | ES | MLS | Overall |",
+            "|---|---|---|---|---|---|",
+            "| difference [interval] | " + " | ".join(ci(k) if d[k]["diff"] is not None else "n/a"
+                                                     for k in ("AS", "CQS", "ES", "MLS", "overall")) + " |", ""]
+
+
 def _doc(root: Path, evals: list[EvalEntry], run_scores: dict[str, Any] | None, plots: dict[str, tuple[str, bytes]]) -> list[str]:
     kind = evals[0].scores.get("cqs_kind", "proxy")
     is_run = run_scores is not None and any(k in run_scores for k in ("base", "student"))
@@ -260,13 +302,7 @@ def _doc(root: Path, evals: list[EvalEntry], run_scores: dict[str, Any] | None, 
         lines += [f"Training recipe: **{ts['recipe']}** (lr {c['learning_rate']}, epochs {c['epochs']}, LoRA r {c['lora_r']}, "
                   f"alpha {c['lora_alpha']}, dropout {c['lora_dropout']}, target {c['target_modules']}); "
                   f"{ts['rows']} rows, {ts['steps']} steps, {ts['wall_s']} s, {ts['tokens_per_s']} tokens/s.", ""]
-    by = {e.label: e.scores for e in evals}
-    if "base" in by and "student" in by:
-        d = by["student"]["overall"] - by["base"]["overall"]
-        verdict = "beats" if d > 0 else "does not beat"
-        lines += [f"**The student {verdict} the base model: Overall {by['student']['overall']:.1f} vs "
-                  f"{by['base']['overall']:.1f} ({d:+.1f}).** Whether the difference is real: "
-                  f"`mathdistill eval --compare {root / 'eval' / 'base'} {root / 'eval' / 'student'}`.", ""]
+    lines += _student_vs_base(evals)
     lines += [f"CQS here is the **{kind}**" + (" (offline: arithmetic steps that check out, answer consistent with the last "
               "step, steps present, no repetition, same language; not an LLM judge)." if kind == "proxy" else
               f" (an LLM judge on the rubric {evals[0].scores.get('meta', {}).get('cqs', {}).get('rubric', '?')}).")]
@@ -274,6 +310,10 @@ def _doc(root: Path, evals: list[EvalEntry], run_scores: dict[str, Any] | None, 
     if im:
         lines += ["", f"Each score is shown as value [{int(round(100 * im.get('confidence', 0.95)))}% interval]: a {im.get('kind')}, "
                   f"{im.get('samples')} resamples (seed {im.get('seed')}). MLS does not depend on the problems."]
+    if any("MLS" in e.scores and e.scores["MLS"] is None for e in evals):
+        lines += ["", "MLS n/a (size unknown): the model size was not given (`--model-bytes N`, or `--model` for the model "
+                  "that made the predictions), so that model's Overall is over AS, CQS and ES with their weights renormalised "
+                  "to sum to 1; it is not comparable with a four-term Overall."]
     head = ["model", "AS", _cqs_label(kind), "ES", "MLS", "Overall", "tokens/problem", "MB", "n", "misses"]
     lines += ["", "## Scores", ""] + _table(head, _score_rows([(e.label, e.scores) for e in evals]))
     fams = sorted(set().union(*(e.scores.get("by_family", {}).keys() for e in evals)))

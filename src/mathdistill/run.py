@@ -1,22 +1,9 @@
 """``run``: the whole loop from one config: problems -> generate -> curate -> train -> eval (base and
 student) -> scores.json + report, in a run folder that keeps every intermediate file.
 
-Every stage is content-addressed (``run`` and ``ablate`` share this one mechanism). A stage's output folder
-lives in a stage cache under ``<cache>/<stage>/<key>/``, where
-
-    key = sha256(stage, its resolved config, the sha256 of every upstream file it reads, code version)
-
-and the code version is the package version plus the source of the stage's modules and the versions of the
-libraries it calls. So a stage runs only when something it depends on changed, and because keys use the
-*content* of upstream outputs (not their configs), a change that leaves a file identical (``keep_think`` on
-chains that have no think part) stops there: the dataset is the same, so the trained model is reused.
-Resource settings that do not change results (``threads``, endpoint ``concurrency``/timeouts) are left out.
-
-An entry is complete once ``stage.json`` (config, input hashes, output file hashes, versions, seconds) is in
-it; a stage runs in ``<key>.partial/`` under a file lock and is renamed into place when it succeeds, so a
-killed run resumes at the first unfinished stage (``generate`` replays its SQLite cache in the partial
-folder), and parallel cells that need the same stage compute it once. Every execution is one line in
-``<cache>/executions.jsonl``.
+Every stage is content-addressed through the stage cache of :mod:`mathdistill.stages` (``run`` and ``ablate``
+share it): a stage runs only when its config, the content of the files it reads, or its code (every
+``mathdistill`` module it imports, see :func:`mathdistill.stages.code_version`) changed.
 
 ``run`` keeps its cache in ``<run>/cache`` unless given ``cache_dir`` (share one between runs and grids
 with ``--cache DIR``), and copies each stage's folder into the usual run layout: problems/, generate/,
@@ -25,51 +12,31 @@ curate/, train/, eval/base, eval/student, scores.json, report.md, config.yaml.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import os
-import random
 import re
 import shutil
 import time
 from dataclasses import dataclass, field
-from functools import lru_cache
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Callable
 
 from pydantic import Field, ValidationError, field_validator
 
-from . import __version__
 from .config import StageConfig, deep_merge, dump_yaml
 from .curate import CurateConfig, curate
-from .errors import PartialRun, UserError
+from .errors import UserError
 from .evaluate import EvalConfig, evaluate
 from .generate import GenerateConfig, generate
-from .io import package_versions, prepare_out_dir, read_json, read_jsonl, versions_of, write_json, write_jsonl
+from .io import package_versions, prepare_out_dir, read_json, read_jsonl, write_json
 from .problems import ProblemsConfig, problems
 from .progress import info
 from .report import report
+from .stages import (MANIFEST, NOT_IN_KEY, CachedFailure, NotCached, StageResult, StageStore,  # noqa: F401
+                     check_diverged, code_version, digest, file_digest, merge_traces, release_memory, split_sources,
+                     stage_config, tree_files)
 from .train import TrainConfig, train
 
 PER_MODEL_FIELDS = ("AS", "CQS", "ES", "MLS", "overall", "mean_tokens", "model_bytes", "n", "cqs_kind", "by_family",
                     "step_accuracy", "cqs_components", "intervals", "misses")
-MANIFEST = "stage.json"
-
-# What each stage's key covers besides config and inputs: its modules' source and the libraries it calls.
-STAGE_CODE: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "problems": (("problems", "solver", "arith", "records", "answers"), ("reasoning-gym", "math-verify")),
-    "sources": (("run",), ()),
-    "generate": (("generate", "client", "prompts", "records", "arith", "answers"), ("openai", "math-verify")),
-    "curate": (("curate", "client", "prompts", "records", "answers", "arith", "run"), ("math-verify",)),
-    "train": (("train", "models", "prompts"), ("torch", "transformers", "peft", "accelerate")),
-    "eval": (("evaluate", "backends", "calculator", "scores", "answers", "arith", "models", "prompts", "records"),
-             ("torch", "transformers", "peft", "math-verify")),
-}
-# Settings that change speed, not results: not part of any key (``ablate --jobs`` sets the threads).
-NOT_IN_KEY: dict[str, set[str]] = {"train": {"threads"}, "eval": {"threads"},
-                                   "generate": {"concurrency", "timeout_s", "max_retries"}}
 
 
 class SourceConfig(StageConfig):
@@ -129,54 +96,7 @@ class RunConfig(StageConfig):
         return v
 
 
-# ---------------------------------------------------------------------------------------------- hashing
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
-
-
-def file_digest(path: str | Path) -> str:
-    """sha256 of a file, remembered per (path, size, mtime) within a process."""
-    p = Path(path)
-    st = p.stat()
-    k = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if k not in _FILE_HASHES:
-        _FILE_HASHES[k] = _sha256_file(p)
-    return _FILE_HASHES[k]
-
-
-def tree_files(folder: Path) -> dict[str, str]:
-    """Every file under ``folder`` (relative POSIX path -> sha256), the manifest excepted."""
-    out = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            out[p.relative_to(folder).as_posix()] = _sha256_file(p)
-    return out
-
-
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()
-
-
-@lru_cache(maxsize=None)
-def code_version(stage: str) -> dict[str, str]:
-    """The code a stage's output depends on: package version, its modules' source hash, library versions."""
-    mods, pkgs = STAGE_CODE[stage]
-    h = hashlib.sha256()
-    for m in mods:
-        spec = find_spec(f"mathdistill.{m}")
-        h.update(m.encode())
-        if spec and spec.origin:
-            h.update(Path(spec.origin).read_bytes())
-    return {"mathdistill": __version__, "source_sha256": h.hexdigest()[:16], **versions_of(pkgs)}
-
+# ------------------------------------------------------------------------------------------ key inputs
 
 def model_fingerprint(name: str) -> str:
     """What a model spec loads, as a hash: its files' content (hub ids: the id only; they are not local)."""
@@ -191,7 +111,7 @@ def model_fingerprint(name: str) -> str:
         files = sorted(p for p in Path(spec.path).iterdir() if p.is_file())
     if spec.adapter:
         files += sorted(p for p in Path(spec.adapter).rglob("*") if p.is_file())
-    return _digest([[f.name, file_digest(f)] for f in files])
+    return digest([[f.name, file_digest(f)] for f in files])
 
 
 def problems_inputs(cfg: ProblemsConfig) -> dict[str, str]:
@@ -204,187 +124,11 @@ def problems_inputs(cfg: ProblemsConfig) -> dict[str, str]:
     return out
 
 
-def release_memory() -> None:
-    """Return freed heap memory to the OS after a stage. glibc keeps large freed blocks (a training's
-    activations, several GiB) in its arenas, so the next stage's fit check would see them as used."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to do
-        pass
-
-
-def stage_config(stage: str, cfg: StageConfig) -> dict[str, Any]:
-    """A stage's config as it enters the key (resource-only fields left out)."""
-    return cfg.model_dump(mode="json", exclude=NOT_IN_KEY.get(stage, set()))
-
-
-# ------------------------------------------------------------------------------------------ stage cache
-
-class NotCached(Exception):
-    """Raised by ``StageStore.run(dry=True)`` at the first stage that would have to run."""
-
-
-class CachedFailure(UserError):
-    """This stage failed before on the same inputs (``retry_failed`` off): its recorded reason."""
-
-
-# Failures that say nothing about the inputs (a network error, a teacher call that gave up, memory):
-# never recorded, so the next attempt retries them.
-TRANSIENT = (PartialRun, OSError, MemoryError)
-
-
-@dataclass
-class StageResult:
-    stage: str
-    key: str
-    dir: Path
-    files: dict[str, str]  # relative path -> sha256
-    executed: bool  # ran in this call (False: found in the cache)
-    seconds: float  # time it took when it ran (also for cache hits: the original run's time)
-
-    def digest(self, *names: str) -> str:
-        """sha256 over the named files/folders of this output (all of it when no names)."""
-        sel = {k: v for k, v in self.files.items()
-               if not names or any(k == n or k.startswith(n.rstrip("/") + "/") for n in names)}
-        if names and not sel:
-            raise UserError(f"{self.stage} output {self.dir} has none of {list(names)}")
-        return _digest(sel)
-
-
-class StageStore:
-    """Content-addressed stage outputs under ``root/<stage>/<key>/`` (see the module docstring)."""
-
-    def __init__(self, root: str | Path, retry_failed: bool = True):
-        self.root = Path(root)
-        self.retry_failed = retry_failed  # False: a stage that failed on these inputs fails again at once
-
-    def key(self, stage: str, config: Any, inputs: Any) -> str:
-        return _digest({"stage": stage, "config": config, "inputs": inputs, "code": code_version(stage)})[:24]
-
-    def lookup(self, stage: str, key: str) -> StageResult | None:
-        d = self.root / stage / key
-        m = d / MANIFEST
-        if not m.is_file():
-            return None
-        man = read_json(m)
-        return StageResult(stage, key, d, man["files"], False, man.get("seconds", 0.0))
-
-    def run(self, stage: str, config: Any, inputs: Any, fn: Callable[[Path], Any], label: str = "",
-            dry: bool = False) -> StageResult:
-        """The cached output of ``stage`` for these inputs; runs ``fn(folder)`` to make it when missing."""
-        key = self.key(stage, config, inputs)
-        hit = self.lookup(stage, key)
-        if hit:
-            return hit
-        failed = self.root / stage / f"{key}.failed.json"
-        if not self.retry_failed and failed.is_file():
-            raise CachedFailure(f"{read_json(failed)['reason']} (failed before on the same inputs; retry with --retry-failed)")
-        if dry:
-            raise NotCached(f"{stage} {key}")
-        from filelock import FileLock
-
-        base = self.root / stage
-        base.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(base / f"{key}.lock")):
-            hit = self.lookup(stage, key)  # another process may have made it while we waited
-            if hit:
-                return hit
-            work = base / f"{key}.partial"  # kept across a crash: a resumable stage continues in it
-            work.mkdir(exist_ok=True)
-            t0 = time.monotonic()
-            try:
-                fn(work)
-            except BaseException as e:
-                release_memory()
-                self._log(stage, key, label, time.monotonic() - t0, f"failed: {type(e).__name__}")
-                if isinstance(e, Exception) and not isinstance(e, TRANSIENT):
-                    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-                    write_json(failed, {"stage": stage, "key": key, "label": label, "time": time.time(),
-                                        "reason": msg if isinstance(e, UserError) else f"{type(e).__name__}: {msg}"})
-                raise
-            failed.unlink(missing_ok=True)
-            release_memory()  # a grid runs many stages in one process: the next training needs that memory back
-            dt = time.monotonic() - t0
-            files = tree_files(work)
-            write_json(work / MANIFEST, {"stage": stage, "key": key, "label": label, "config": config,
-                                         "inputs": inputs, "code": code_version(stage), "files": files,
-                                         "seconds": round(dt, 3), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                         "versions": package_versions()})
-            final = base / key
-            if final.exists():  # a folder without a manifest: left by an interrupted rename
-                shutil.rmtree(final)
-            os.replace(work, final)
-            self._log(stage, key, label, dt, "ok")
-            return StageResult(stage, key, final, files, True, round(dt, 3))
-
-    def _log(self, stage: str, key: str, label: str, seconds: float, status: str) -> None:
-        line = json.dumps({"stage": stage, "key": key, "label": label, "seconds": round(seconds, 3),
-                           "status": status, "pid": os.getpid(), "time": time.time()})
-        self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / "executions.jsonl", "a", encoding="utf-8") as fh:  # one short O_APPEND write
-            fh.write(line + "\n")
-
-    def executions(self) -> list[dict[str, Any]]:
-        """Every stage execution recorded in this cache, oldest first."""
-        p = self.root / "executions.jsonl"
-        if not p.is_file():
-            return []
-        return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines() if x.strip()]
-
-
 # ---------------------------------------------------------------------------------------------- stages
-
-def _split_sources(cfg: RunConfig, train_file: Path, out: Path) -> None:
-    probs = read_jsonl(train_file)
-    need = sum(s.n for s in cfg.sources.values())
-    if need > len(probs):
-        raise UserError(f"sources need {need} training problems ({', '.join(f'{k} {v.n}' for k, v in cfg.sources.items())}) "
-                        f"but problems/train.jsonl has {len(probs)}; lower sources.*.n or raise problems.families.*.n_train")
-    order = list(range(len(probs)))
-    random.Random(f"{cfg.problems.seed}-sources").shuffle(order)
-    pos, summary = 0, {}
-    for name, src in cfg.sources.items():
-        rows = [probs[i] for i in order[pos: pos + src.n]]
-        pos += src.n
-        write_jsonl(out / f"{name}.jsonl", rows)
-        summary[name] = {"problems": len(rows), "by_family": {f: sum(r.get("source") == f for r in rows)
-                                                              for f in sorted({r.get("source") for r in rows})}}
-    write_json(out / "sources_summary.json", {"sources": summary, "unused": len(probs) - pos})
-
 
 def source_generate(cfg: RunConfig, name: str) -> GenerateConfig:
     """The generate config of one source: the run's generate section with the source's overrides."""
     return GenerateConfig.model_validate(deep_merge(cfg.generate.model_dump(), cfg.sources[name].generate))
-
-
-def _merge_traces(parts: list[Path], out: Path) -> None:
-    with open(out, "w", encoding="utf-8") as fh:
-        for p in parts:
-            fh.write(p.read_text(encoding="utf-8"))
-
-
-def _check_diverged(train_dir: Path) -> None:
-    """Fail a training that diverged: a non-finite logged loss, or NaN/inf in the weights it wrote
-    (the transformers Trainer filters NaN losses out of its logs, so the weights are the reliable sign)."""
-    log = train_dir / "train_log.jsonl"
-    if log.is_file():
-        for line in log.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line) if line.strip() else {}
-            loss = row.get("loss")
-            if loss is not None and not math.isfinite(float(loss)):
-                raise UserError(f"train: loss is {loss} at step {row.get('step')} (training diverged); "
-                                "lower train.learning_rate or raise train.warmup_ratio")
-    from safetensors.torch import load_file
-
-    for f in sorted(train_dir.rglob("*.safetensors")):
-        bad = [k for k, v in load_file(str(f)).items() if v.is_floating_point() and not bool(v.isfinite().all())]
-        if bad:
-            raise UserError(f"train: training diverged to NaN/inf ({len(bad)} tensors in {f.name}, first {bad[0]}); "
-                            "lower train.learning_rate or raise train.warmup_ratio")
 
 
 def _norm(q: str) -> str:
@@ -452,13 +196,13 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
     if eval_problems is None:
         ex.eval_file, eval_digest = prob.dir / "eval.jsonl", prob.digest("eval.jsonl")
     else:
-        ex.eval_file, eval_digest = Path(eval_problems), _digest({"eval.jsonl": file_digest(eval_problems)})
+        ex.eval_file, eval_digest = Path(eval_problems), digest({"eval.jsonl": file_digest(eval_problems)})
         if eval_digest != prob.digest("eval.jsonl"):
             _check_no_leak(train_file, ex.eval_file)
 
     if cfg.sources:
         split = stage("sources", "sources", {"seed": cfg.problems.seed, "n": [[k, v.n] for k, v in cfg.sources.items()]},
-                      {"train": prob.digest("train.jsonl")}, lambda d: _split_sources(cfg, train_file, d))
+                      {"train": prob.digest("train.jsonl")}, lambda d: split_sources({k: v.n for k, v in cfg.sources.items()}, cfg.problems.seed, train_file, d))
         gens: list[tuple[str, StageResult]] = []
         for name in cfg.use or list(cfg.sources):
             g = source_generate(cfg, name)
@@ -467,7 +211,7 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
                                      lambda d, g=g, n=name: generate(g, split.dir / f"{n}.jsonl", d))))
 
         def curate_fn(d: Path) -> None:
-            _merge_traces([r.dir / "traces.jsonl" for _, r in gens], d / "traces.jsonl")
+            merge_traces([r.dir / "traces.jsonl" for _, r in gens], d / "traces.jsonl")
             curate(cfg.curate, d / "traces.jsonl", [train_file], d, eval_problems=[ex.eval_file])
 
         traces_in: Any = [[n, r.digest("traces.jsonl")] for n, r in gens]
@@ -484,7 +228,7 @@ def execute(cfg: RunConfig, store: StageStore, eval_problems: str | Path | None 
 
     def train_fn(d: Path) -> None:
         train(cfg.train, cur.dir / "dataset.json", d)
-        _check_diverged(d)
+        check_diverged(d)
 
     tr = stage("train", "train", stage_config("train", cfg.train),
                {"dataset": cur.digest("dataset.json"), "base_model": base_fp}, train_fn)
@@ -531,6 +275,17 @@ def _materialize(cfg: RunConfig, ex: Executed, out: Path) -> None:
         _copy(st["eval base"].dir, out / "eval" / "base")
 
 
+def student_vs_base(cfg: RunConfig, ex: Executed) -> dict[str, Any]:
+    """Student - base (B - A) of every score with its paired interval over the eval problems (both evals score the
+    same file in the same order), by the one bootstrap with the run's ``eval.score`` settings."""
+    from .scores import interval_method, paired_bootstrap
+
+    a = read_jsonl(ex.stages["eval base"].dir / "predictions.jsonl")
+    b = read_jsonl(ex.stages["eval student"].dir / "predictions.jsonl")
+    diff = paired_bootstrap(a, b, ex.scores["base"].get("model_bytes"), ex.scores["student"].get("model_bytes"), cfg.eval.score)
+    return {"sign": "student - base", **diff, "interval_method": {**interval_method(cfg.eval.score), "paired": True}}
+
+
 def run(cfg: RunConfig, out_dir: str | Path | None = None, overwrite: bool = False,
         cache_dir: str | Path | None = None) -> dict[str, Any]:
     """Run every stage into ``out_dir`` (default ``runs/<name>``); return the ``scores.json`` content.
@@ -550,6 +305,8 @@ def run(cfg: RunConfig, out_dir: str | Path | None = None, overwrite: bool = Fal
     scores["run"] = {"stage_seconds": times, "cached": [k for k, r in ex.stages.items() if not r.executed],
                      "stage_keys": {k: r.key for k, r in ex.stages.items()}, "cache": str(store.root),
                      "versions": package_versions()}
+    if "eval base" in ex.stages:
+        scores["run"]["student_vs_base"] = student_vs_base(cfg, ex)
     write_json(out / "scores.json", scores)
     path = report(out)
     reused = scores["run"]["cached"]

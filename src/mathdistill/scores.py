@@ -15,21 +15,26 @@ five checks (each 0 or 1, step accuracy a share):
 CQS with a judge (``cqs_kind="judge"``, see :mod:`mathdistill.judge`) is the judge's 0-100 score per chain;
 a chain the judge could not score is left out of the CQS mean and counted (``cqs_missing``).
 
+MLS needs the model's size. When it is unknown (predictions made elsewhere, no ``--model-bytes``), MLS is
+``None`` (``null`` in scores.json) and Overall is computed over the known terms with their weights renormalised
+to sum to 1, ``(w_AS·AS + w_CQS·CQS + w_ES·ES) / (w_AS + w_CQS + w_ES)``; ``overall_terms`` names the terms
+used, so such an Overall is never mistaken for the four-term one.
+
 Uncertainty: every score gets a percentile bootstrap interval over problems (``intervals``), and
-:func:`paired_bootstrap` gives the difference between two models on the same problems with its interval
-(the same resampled problems for both, so per-problem difficulty cancels out).
+:func:`paired_bootstrap` gives the difference B - A between two models on the same problems with its interval;
+both through the one bootstrap of :mod:`mathdistill.stats` (one index draw, NaN-aware, no clamping).
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 from pydantic import Field
 
+from . import stats
 from .answers import answers_equal, extract_answer, strip_think
 from .arith import find_steps, format_number
 from .config import StageConfig
@@ -47,9 +52,10 @@ class ScoreConfig(StageConfig):
     t_hi: float = Field(4096, description="tokens per problem at or above which ES = 0")
     s_lo: float = Field(50e6, description="model bytes at or below which MLS = 100")
     s_hi: float = Field(16e9, description="model bytes at or above which MLS = 0")
-    bootstrap_samples: int = Field(2000, ge=100, description="bootstrap resamples behind every interval")
-    confidence: float = Field(0.95, gt=0, lt=1, description="coverage of the bootstrap intervals")
-    bootstrap_seed: int = Field(0, description="seed of the bootstrap resampling (intervals are reproducible)")
+    bootstrap_samples: int = Field(stats.SAMPLES, ge=100, description="bootstrap resamples behind every interval "
+                                   "(eval, eval --compare, the ablation leaderboard)")
+    confidence: float = Field(stats.CONFIDENCE, gt=0, lt=1, description="coverage of the bootstrap intervals")
+    bootstrap_seed: int = Field(stats.SEED, description="seed of the bootstrap resampling (intervals are reproducible)")
 
 
 def _clip01(x: float) -> float:
@@ -68,9 +74,18 @@ def mls_score(model_bytes: float, s_lo: float = 50e6, s_hi: float = 16e9) -> flo
     return 100.0 * _clip01(math.log(s_hi / model_bytes) / math.log(s_hi / s_lo))
 
 
-def overall(as_: float, cqs: float, es: float, mls: float, cfg: ScoreConfig | None = None) -> float:
+def overall(as_: float, cqs: float, es: float, mls: float | None, cfg: ScoreConfig | None = None) -> float:
+    """The weighted sum of the four scores (0-100); with ``mls=None`` (size unknown) the weighted mean of the
+    other three, their weights renormalised to sum to 1."""
     c = cfg or ScoreConfig()
+    if mls is None:
+        return (c.w_as * as_ + c.w_cqs * cqs + c.w_es * es) / (c.w_as + c.w_cqs + c.w_es)
     return c.w_as * as_ + c.w_cqs * cqs + c.w_es * es + c.w_mls * mls
+
+
+def overall_terms(model_bytes: float | None) -> list[str]:
+    """The scores an Overall is made of: all four, or AS, CQS, ES when the model size is unknown."""
+    return ["AS", "CQS", "ES"] + ([] if model_bytes is None else ["MLS"])
 
 
 def _repeats(text: str) -> bool:
@@ -114,55 +129,74 @@ def components_of(cqs_kind: str) -> tuple[str, ...]:
     return JUDGE_COMPONENTS if cqs_kind == "judge" else CQS_COMPONENTS
 
 
-def _per_problem(rows: Sequence[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(correct 0/1, cqs 0-100 or NaN where no score, tokens) per problem."""
+def score_columns(rows: Sequence[dict[str, Any]], model_bytes: float | None = None) -> dict[str, np.ndarray]:
+    """Per-problem columns of prediction rows (``predictions.jsonl``), each of shape ``(n,)``: ``correct`` (0/1),
+    ``cqs`` (0-100; NaN where the judge gave no score), ``tokens``, and ``bytes`` (the model size repeated, NaN
+    when unknown: a constant column, so a resample of it is the same model)."""
     correct = np.array([float(bool(r["correct"])) for r in rows])
     cqs = np.array([np.nan if (r.get("cqs") or {}).get("cqs") is None else float(r["cqs"]["cqs"]) for r in rows])
     tokens = np.array([float(r["tokens"]) for r in rows])
-    return correct, cqs, tokens
+    size = np.full(len(rows), np.nan if model_bytes is None else float(model_bytes))
+    return {"correct": correct, "cqs": cqs, "tokens": tokens, "bytes": size}
 
 
-def _scores_of(correct: np.ndarray, cqs: np.ndarray, tokens: np.ndarray, model_bytes: float,
-               cfg: ScoreConfig) -> dict[str, np.ndarray]:
-    """Every score for each row of index-resampled matrices (shape: resamples x problems)."""
-    acc = 100.0 * correct.mean(axis=-1)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # a resample with no judged chain: NaN CQS
-        cq = np.nanmean(cqs, axis=-1)
-    t = tokens.mean(axis=-1)
-    with np.errstate(divide="ignore"):
-        es = np.where(t <= 0, 100.0, 100.0 * np.clip(np.log(cfg.t_hi / np.maximum(t, 1e-12)) / math.log(cfg.t_hi / cfg.t_lo), 0, 1))
-    mls = np.full_like(acc, mls_score(model_bytes, cfg.s_lo, cfg.s_hi))
-    ov = cfg.w_as * acc + cfg.w_cqs * np.nan_to_num(cq) + cfg.w_es * es + cfg.w_mls * mls
-    return {"AS": acc, "CQS": cq, "ES": es, "MLS": mls, "overall": ov, "mean_tokens": t}
+def score_stat(cfg: ScoreConfig | None = None) -> stats.Stat:
+    """The statistic behind every score interval: resampled :func:`score_columns` (shape ``(samples, n)``) ->
+    AS, CQS, ES, MLS, overall and mean_tokens per resample (shape ``(samples,)``), by the formulas of
+    :func:`aggregate`. CQS is the mean over judged chains (NaN when none); Overall counts a NaN CQS as 0, as
+    :func:`aggregate` does; MLS is NaN when the size is unknown and Overall then renormalises over AS, CQS, ES."""
+    c = cfg or ScoreConfig()
+
+    def stat(cols: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        acc = 100.0 * np.asarray(cols["correct"], dtype=float).mean(axis=-1)
+        cq = stats.nanmean(cols["cqs"])
+        t = np.asarray(cols["tokens"], dtype=float).mean(axis=-1)
+        with np.errstate(divide="ignore"):
+            es = np.where(t <= 0, 100.0, 100.0 * np.clip(np.log(c.t_hi / np.maximum(t, 1e-12)) / math.log(c.t_hi / c.t_lo), 0, 1))
+        size = np.asarray(cols["bytes"], dtype=float)[..., 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mls = np.where(size <= 0, 100.0,
+                           100.0 * np.clip(np.log(c.s_hi / np.maximum(size, 1e-12)) / math.log(c.s_hi / c.s_lo), 0, 1))
+        known = c.w_as * acc + c.w_cqs * np.nan_to_num(cq) + c.w_es * es
+        ov = np.where(np.isnan(mls), known / (c.w_as + c.w_cqs + c.w_es), known + c.w_mls * np.nan_to_num(mls))
+        return {"AS": acc, "CQS": cq, "ES": es, "MLS": mls, "overall": ov, "mean_tokens": t}
+
+    return stat
 
 
-def _resample_index(n: int, cfg: ScoreConfig) -> np.ndarray:
-    rng = np.random.default_rng(cfg.bootstrap_seed)
-    return rng.integers(0, n, size=(cfg.bootstrap_samples, n))
+def score_intervals(cols: dict[str, np.ndarray], cfg: ScoreConfig | None = None,
+                    indices: np.ndarray | None = None) -> dict[str, stats.Interval]:
+    """Every score of one model (:func:`score_columns`) with its interval (``indices``: a shared draw from
+    :func:`stats.bootstrap_indices`; otherwise drawn from ``cfg``'s samples and seed)."""
+    c = cfg or ScoreConfig()
+    return stats.bootstrap(cols, score_stat(c), samples=c.bootstrap_samples, confidence=c.confidence,  # type: ignore[return-value]
+                           seed=c.bootstrap_seed, indices=indices)
 
 
-def _interval(x: np.ndarray, cfg: ScoreConfig) -> list[float] | None:
-    a = (1 - cfg.confidence) / 2
-    x = x[~np.isnan(x)]
-    if x.size == 0:
-        return None
-    lo, hi = np.percentile(x, [100 * a, 100 * (1 - a)])
-    return [round(float(lo), 4), round(float(hi), 4)]
+def score_differences(cols_a: dict[str, np.ndarray], cols_b: dict[str, np.ndarray], cfg: ScoreConfig | None = None,
+                      indices: np.ndarray | None = None) -> dict[str, stats.Interval]:
+    """B - A of every score, both models scored on the same problems in the same order, with paired intervals."""
+    c = cfg or ScoreConfig()
+    return stats.paired_bootstrap(cols_a, cols_b, score_stat(c), samples=c.bootstrap_samples,  # type: ignore[return-value]
+                                  confidence=c.confidence, seed=c.bootstrap_seed, indices=indices)
 
 
-def bootstrap_intervals(rows: Sequence[dict[str, Any]], model_bytes: float, cfg: ScoreConfig | None = None) -> dict[str, Any]:
-    """Percentile bootstrap interval (``cfg.confidence``) of every score, resampling problems with replacement.
+def _pair(iv: stats.Interval) -> list[float] | None:
+    d = iv.as_dict()
+    return None if d["lo"] is None else [d["lo"], d["hi"]]
+
+
+def bootstrap_intervals(rows: Sequence[dict[str, Any]], model_bytes: float | None,
+                        cfg: ScoreConfig | None = None) -> dict[str, Any]:
+    """Percentile bootstrap interval ``[lo, hi]`` (``cfg.confidence``) of every score, resampling problems with
+    replacement (None where no resample gives a value: CQS with no judged chain, MLS of an unknown size).
 
     MLS does not depend on the problems, so its interval is a single point.
     """
-    cfg = cfg or ScoreConfig()
     if not rows:
         return {}
-    correct, cqs, tokens = _per_problem(rows)
-    idx = _resample_index(len(rows), cfg)
-    boot = _scores_of(correct[idx], cqs[idx], tokens[idx], model_bytes, cfg)
-    return {k: _interval(boot[k], cfg) for k in INTERVAL_KEYS}
+    ivs = score_intervals(score_columns(rows, model_bytes), cfg)
+    return {k: _pair(ivs[k]) for k in INTERVAL_KEYS}
 
 
 def interval_method(cfg: ScoreConfig) -> dict[str, Any]:
@@ -170,52 +204,55 @@ def interval_method(cfg: ScoreConfig) -> dict[str, Any]:
             "confidence": cfg.confidence, "seed": cfg.bootstrap_seed}
 
 
-def paired_bootstrap(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], bytes_a: float, bytes_b: float,
-                     cfg: ScoreConfig | None = None) -> dict[str, dict[str, Any]]:
-    """Per score: A, B, the difference B - A and its bootstrap interval over the same problems.
-
-    ``rows_a[i]`` and ``rows_b[i]`` must be the same problem; each resample draws the same problems for both.
-    """
-    cfg = cfg or ScoreConfig()
+def paired_bootstrap(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], bytes_a: float | None,
+                     bytes_b: float | None, cfg: ScoreConfig | None = None) -> dict[str, dict[str, Any]]:
+    """Per score: A, B, the difference B - A and its paired bootstrap interval over the same problems
+    (:func:`stats.paired_bootstrap`). ``rows_a[i]`` and ``rows_b[i]`` must be the same problem.
+    Raises ValueError on lists of different length or empty ones."""
     if len(rows_a) != len(rows_b) or not rows_a:
         raise ValueError("paired_bootstrap needs two equally long, non-empty lists of predictions of the same problems")
-    pa, pb = _per_problem(rows_a), _per_problem(rows_b)
-    full_a = _scores_of(*pa, bytes_a, cfg)
-    full_b = _scores_of(*pb, bytes_b, cfg)
-    idx = _resample_index(len(rows_a), cfg)
-    boot_a = _scores_of(*(x[idx] for x in pa), bytes_a, cfg)
-    boot_b = _scores_of(*(x[idx] for x in pb), bytes_b, cfg)
+    ca, cb = score_columns(rows_a, bytes_a), score_columns(rows_b, bytes_b)
+    stat = score_stat(cfg)
+    full_a, full_b = stat(stats.resample(ca, np.arange(len(rows_a))[None, :])), stat(stats.resample(cb, np.arange(len(rows_b))[None, :]))
+    diffs = score_differences(ca, cb, cfg)
     out = {}
     for k in INTERVAL_KEYS:
-        a, b = float(full_a[k]), float(full_b[k])
-        ci = _interval(boot_b[k] - boot_a[k], cfg)
-        out[k] = {"A": round(a, 4), "B": round(b, 4), "diff": round(b - a, 4), "ci": ci,
-                  "significant": bool(ci is not None and (ci[0] > 0 or ci[1] < 0))}
+        d = diffs[k].as_dict()
+        a, b = float(full_a[k][0]), float(full_b[k][0])
+        r = lambda x: None if math.isnan(x) else round(x, 4)  # noqa: E731
+        out[k] = {"A": r(a), "B": r(b), "diff": d["point"], "ci": _pair(diffs[k]), "significant": diffs[k].excludes_zero()}
     return out
 
 
-def aggregate(preds: Iterable[dict[str, Any]], model_bytes: int, cfg: ScoreConfig | None = None,
+def aggregate(preds: Iterable[dict[str, Any]], model_bytes: float | None, cfg: ScoreConfig | None = None,
               cqs_kind: str = "proxy") -> dict[str, Any]:
-    """Scores over prediction dicts (``correct``, ``tokens``, ``cqs``...), overall, intervals and ``by_family``."""
+    """Scores over prediction dicts (``correct``, ``tokens``, ``cqs``...), overall, intervals and ``by_family``.
+
+    ``model_bytes=None`` (size unknown): ``MLS`` and ``model_bytes`` are None and Overall is over AS, CQS and ES
+    with renormalised weights (``overall_terms`` says which terms Overall holds)."""
     cfg = cfg or ScoreConfig()
     preds = list(preds)
     comps = components_of(cqs_kind)
     scale = 100.0 if cqs_kind == "proxy" else 1.0  # proxy components are 0-1, judge components 0-100
+    stat = score_stat(cfg)
 
     def block(rows: list[dict[str, Any]]) -> dict[str, Any]:
         n = len(rows)
         if n == 0:
             return {"n": 0}
-        correct, cqs_arr, tokens = _per_problem(rows)
-        full = {k: float(v) for k, v in _scores_of(correct, cqs_arr, tokens, model_bytes, cfg).items()}
+        cols = score_columns(rows, model_bytes)
+        full = {k: float(v[0]) for k, v in stat(stats.resample(cols, np.arange(n)[None, :])).items()}
         judged = [r for r in rows if (r.get("cqs") or {}).get("cqs") is not None]
         steps = sum(_proxy_of(r).get("steps", 0) for r in rows)
         steps_ok = sum(_proxy_of(r).get("steps_ok", 0) for r in rows)
         cqs = full["CQS"] if judged else 0.0
+        mls = None if model_bytes is None else round(full["MLS"], 4)
         return {
-            "AS": round(full["AS"], 4), "CQS": round(cqs, 4), "ES": round(full["ES"], 4), "MLS": round(full["MLS"], 4),
-            "overall": round(overall(full["AS"], cqs, full["ES"], full["MLS"], cfg), 4),
-            "mean_tokens": round(full["mean_tokens"], 3), "model_bytes": int(model_bytes), "n": n, "cqs_kind": cqs_kind,
+            "AS": round(full["AS"], 4), "CQS": round(cqs, 4), "ES": round(full["ES"], 4), "MLS": mls,
+            "overall": round(overall(full["AS"], cqs, full["ES"], None if model_bytes is None else full["MLS"], cfg), 4),
+            "overall_terms": overall_terms(model_bytes),
+            "mean_tokens": round(full["mean_tokens"], 3), "model_bytes": None if model_bytes is None else int(model_bytes),
+            "n": n, "cqs_kind": cqs_kind,
             "cqs_components": _component_means(judged, comps, scale),
             "cqs_missing": n - len(judged),
             "step_accuracy": round(100.0 * steps_ok / steps, 3) if steps else None,

@@ -1,68 +1,73 @@
-"""Bootstrap intervals over per-problem results: is a score, or a difference between two runs, real?
+"""The one bootstrap behind every interval (eval, ``eval --compare``, the ablation leaderboard, the run report).
 
-Percentile bootstrap over problems (Efron & Tibshirani, ch. 13): resample problem indices with
-replacement ``samples`` times, recompute the statistic on each resample, and take the
-``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles. A *paired* difference uses the same
-resampled indices for both runs (they were scored on the same problems), so the problem-to-problem
-variation that both share cancels out and the interval is narrower than two separate intervals suggest.
+Percentile bootstrap over problems (Efron & Tibshirani 1993, ch. 13; ``scipy.stats.bootstrap(method=
+"percentile")`` computes the same interval): draw ``samples`` resamples of the problem indices with
+replacement, recompute the statistic on each, and take the ``(1 - confidence) / 2`` and ``(1 + confidence) / 2``
+quantiles of the draws. Rules every caller shares:
 
-The statistic is recomputed per resample, not averaged per problem: ES is a function of the *mean* tokens of
-the resample (``scores.es_score`` is not linear), so :func:`score_samples` recomputes AS, CQS, ES, MLS and
-Overall exactly as ``scores.aggregate`` does, on every resample.
+* **One index draw** (:func:`bootstrap_indices`, seeded) is used for every statistic and every model scored on
+  the same problems, so a difference is *paired*: the problem-to-problem variation both share cancels out.
+* **Sign: B - A.** :func:`paired_bootstrap` returns ``stat(b) - stat(a)``, the second argument minus the first
+  (a leaderboard cell minus the baseline, the student minus the base).
+* **NaN-aware.** A statistic may be NaN on a resample (CQS when no chain of the resample was judged); those draws
+  are left out of the quantiles. An interval with no finite draw is ``(nan, nan)``, written as ``null``.
+* **No clamping.** The interval is the quantiles of the draws as they are; for a non-linear statistic (ES of the
+  mean tokens) the point estimate may lie outside it.
 
-Public API (plain numpy arrays in, :class:`Interval` out; usable by eval, ablate and anything else)::
+Defaults (``SAMPLES``, ``CONFIDENCE``, ``SEED``) are the defaults of ``scores.ScoreConfig``'s
+``bootstrap_samples``, ``confidence`` and ``bootstrap_seed``; callers pass the config's values.
 
-    bootstrap_ci(values, stat=mean, samples=1000, confidence=0.95, seed=0) -> Interval
-    paired_diff_ci(a, b, stat=mean, samples=1000, confidence=0.95, seed=0) -> Interval     # stat(a) - stat(b)
-    bootstrap_indices(n, samples, seed) -> (samples, n) int array    # share one draw across many runs
-    score_samples(cols, model_bytes, score_cfg, indices) -> {"AS": (samples,), ..., "overall": ...}
-    score_columns(predictions) -> {"correct", "cqs", "tokens"}        # from predictions.jsonl rows
-
-``values`` (and ``a``/``b``) is a 1-D array over problems, or a mapping of such columns (all the same
-length); ``stat`` receives the resampled array(s) with problems on the last axis, shape ``(samples, n)``,
-and returns shape ``(samples,)``.
+``values`` is a 1-D array over problems, or a mapping of such columns (all the same length); ``stat`` receives the
+resampled array(s) with problems on the last axis, shape ``(samples, n)``, and returns shape ``(samples,)``, or a
+mapping name -> such an array (then every function returns a mapping name -> :class:`Interval`).
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import numpy as np
 
-from .scores import ScoreConfig, mls_score
-
 Columns = Union[np.ndarray, Mapping[str, np.ndarray]]
-Stat = Callable[[Any], np.ndarray]
+Stat = Callable[[Any], Any]
 
-SAMPLES = 1000  # resamples; the interval's ends move by well under 0.5 points between seeds at this count
+SAMPLES = 2000  # resamples; the ends of a 95 % interval move by well under 0.5 points between seeds at this count
 CONFIDENCE = 0.95
-SCORE_FIELDS = ("AS", "CQS", "ES", "MLS", "overall")
+SEED = 0
 
 
 @dataclass(frozen=True)
 class Interval:
-    """A point estimate and its percentile-bootstrap interval."""
+    """A point estimate and its percentile-bootstrap interval (``lo``/``hi`` NaN when no draw was finite)."""
 
     point: float
     lo: float
     hi: float
     confidence: float = CONFIDENCE
 
-    def contains(self, x: float) -> bool:
-        return self.lo <= x <= self.hi
-
     def excludes_zero(self) -> bool:
         """True when the interval lies wholly above or below 0 (the difference is unlikely to be noise)."""
-        return self.lo > 0 or self.hi < 0
+        return self.lo > 0 or self.hi < 0  # False for NaN ends
 
-    def as_dict(self, digits: int = 4) -> dict[str, float]:
-        return {"point": round(self.point, digits), "lo": round(self.lo, digits), "hi": round(self.hi, digits)}
+    def as_dict(self, digits: int = 4) -> dict[str, float | None]:
+        """``{"point", "lo", "hi"}`` rounded; NaN is written as None (JSON ``null``)."""
+        r = lambda x: None if x is None or math.isnan(x) else round(float(x), digits)  # noqa: E731
+        return {"point": r(self.point), "lo": r(self.lo), "hi": r(self.hi)}
 
 
 def mean(x: np.ndarray) -> np.ndarray:
     """Default statistic: the mean over problems (last axis)."""
     return np.asarray(x, dtype=float).mean(axis=-1)
+
+
+def nanmean(x: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN; NaN (no warning) where every value is NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(x, dtype=float), axis=-1)
 
 
 def _n(values: Columns) -> int:
@@ -74,7 +79,8 @@ def _n(values: Columns) -> int:
     return len(values)
 
 
-def _take(values: Columns, idx: np.ndarray) -> Columns:
+def resample(values: Columns, idx: np.ndarray) -> Columns:
+    """``values`` taken at the index matrix ``idx`` (each column the same way)."""
     if isinstance(values, Mapping):
         return {k: np.asarray(v)[idx] for k, v in values.items()}
     return np.asarray(values)[idx]
@@ -86,91 +92,65 @@ def _as_columns(values: Columns) -> Columns:
     return np.asarray(values, dtype=float)
 
 
-def bootstrap_indices(n: int, samples: int = SAMPLES, seed: int = 0) -> np.ndarray:
-    """``(samples, n)`` problem indices drawn with replacement; pass the same array to every run compared."""
+def bootstrap_indices(n: int, samples: int = SAMPLES, seed: int = SEED) -> np.ndarray:
+    """``(samples, n)`` problem indices drawn with replacement (``numpy.random.default_rng(seed)``); pass the
+    same array to every statistic and model compared. Raises ValueError when ``n < 1``."""
     if n < 1:
         raise ValueError("bootstrap needs at least one problem")
     return np.random.default_rng(seed).integers(0, n, size=(samples, n))
 
 
-def interval(point: float, draws: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
-    """Percentile interval of ``draws`` around ``point``."""
+def percentile(draws: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """The ``(1 - confidence) / 2`` and ``(1 + confidence) / 2`` quantiles of the finite draws (NaN left out);
+    ``(nan, nan)`` when none is finite."""
+    x = np.asarray(draws, dtype=float).ravel()
+    x = x[np.isfinite(x)]
+    if x.size == 0:
+        return math.nan, math.nan
     a = (1.0 - confidence) / 2.0
-    lo, hi = np.quantile(np.asarray(draws, dtype=float), [a, 1.0 - a])
-    return Interval(float(point), float(min(lo, point)), float(max(hi, point)), confidence)
+    lo, hi = np.quantile(x, [a, 1.0 - a])
+    return float(lo), float(hi)
 
 
-def bootstrap_ci(values: Columns, stat: Stat = mean, *, samples: int = SAMPLES, confidence: float = CONFIDENCE,
-                 seed: int = 0, indices: np.ndarray | None = None) -> Interval:
-    """``stat`` over all problems, with its percentile-bootstrap interval."""
+def interval(point: float, draws: np.ndarray, confidence: float = CONFIDENCE) -> Interval:
+    """``point`` with the percentile interval of ``draws`` (not clamped to contain the point)."""
+    lo, hi = percentile(draws, confidence)
+    return Interval(float(point), lo, hi, confidence)
+
+
+def _intervals(points: Any, draws: Any, confidence: float) -> Interval | dict[str, Interval]:
+    if isinstance(points, Mapping):
+        return {k: interval(float(np.asarray(points[k]).reshape(-1)[0]), draws[k], confidence) for k in points}
+    return interval(float(np.asarray(points).reshape(-1)[0]), draws, confidence)
+
+
+def _sub(b: Any, a: Any) -> Any:
+    if isinstance(b, Mapping):
+        return {k: np.asarray(b[k], dtype=float) - np.asarray(a[k], dtype=float) for k in b}
+    return np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+
+
+def bootstrap(values: Columns, stat: Stat = mean, *, samples: int = SAMPLES, confidence: float = CONFIDENCE,
+              seed: int = SEED, indices: np.ndarray | None = None) -> Interval | dict[str, Interval]:
+    """``stat`` over all problems with its percentile-bootstrap interval (``indices``: a shared draw from
+    :func:`bootstrap_indices`; otherwise one is drawn from ``samples`` and ``seed``)."""
     values = _as_columns(values)
     n = _n(values)
     idx = bootstrap_indices(n, samples, seed) if indices is None else indices
-    point = float(np.asarray(stat(_take(values, np.arange(n)[None, :])))[0])
-    return interval(point, stat(_take(values, idx)), confidence)
+    point = stat(resample(values, np.arange(n)[None, :]))
+    return _intervals(point, stat(resample(values, idx)), confidence)
 
 
-def paired_diff_ci(a: Columns, b: Columns, stat: Stat = mean, *, samples: int = SAMPLES,
-                   confidence: float = CONFIDENCE, seed: int = 0, indices: np.ndarray | None = None) -> Interval:
-    """``stat(a) - stat(b)`` where ``a`` and ``b`` are results on the same problems (same order), with the
-    interval of the difference from resampling the problems once for both."""
+def paired_bootstrap(a: Columns, b: Columns, stat: Stat = mean, *, samples: int = SAMPLES,
+                     confidence: float = CONFIDENCE, seed: int = SEED,
+                     indices: np.ndarray | None = None) -> Interval | dict[str, Interval]:
+    """``stat(b) - stat(a)`` (B - A) for two results on the same problems in the same order, with the interval
+    of the difference from resampling the problems once for both. Raises ValueError when the lengths differ."""
     a, b = _as_columns(a), _as_columns(b)
     n = _n(a)
     if _n(b) != n:
-        raise ValueError(f"paired runs must cover the same problems: {n} vs {_n(b)}")
+        raise ValueError(f"paired results must cover the same problems: {n} vs {_n(b)}")
     idx = bootstrap_indices(n, samples, seed) if indices is None else indices
     full = np.arange(n)[None, :]
-    point = float(np.asarray(stat(_take(a, full)))[0] - np.asarray(stat(_take(b, full)))[0])
-    return interval(point, stat(_take(a, idx)) - stat(_take(b, idx)), confidence)
-
-
-def score_columns(predictions: Iterable[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Per-problem columns from prediction rows (``predictions.jsonl``): correct (0/1), cqs (0-100), tokens."""
-    rows = list(predictions)
-    return {"correct": np.array([float(bool(r["correct"])) for r in rows]),
-            "cqs": np.array([float(r["cqs"]["cqs"]) for r in rows]),
-            "tokens": np.array([float(r["tokens"]) for r in rows])}
-
-
-def _es(mean_tokens: np.ndarray, cfg: ScoreConfig) -> np.ndarray:
-    """``scores.es_score`` over an array of mean token counts."""
-    t = np.maximum(mean_tokens, 1e-12)
-    es = 100.0 * np.clip(np.log(cfg.t_hi / t) / np.log(cfg.t_hi / cfg.t_lo), 0.0, 1.0)
-    return np.where(mean_tokens <= 0, 100.0, es)
-
-
-def score_samples(cols: Mapping[str, np.ndarray], model_bytes: float, cfg: ScoreConfig | None = None,
-                  indices: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """AS, CQS, ES, MLS and Overall recomputed on each resample (rows of ``indices``; all problems when None).
-
-    The same formulas as ``scores.aggregate``: AS = 100·mean(correct), CQS = mean(cqs),
-    ES = es_score(mean(tokens)), MLS = mls_score(bytes) (a constant per model), Overall = weighted sum.
-    """
-    cfg = cfg or ScoreConfig()
-    idx = np.arange(len(cols["correct"]))[None, :] if indices is None else indices
-    as_ = 100.0 * np.asarray(cols["correct"], dtype=float)[idx].mean(axis=-1)
-    cqs = np.asarray(cols["cqs"], dtype=float)[idx].mean(axis=-1)
-    es = _es(np.asarray(cols["tokens"], dtype=float)[idx].mean(axis=-1), cfg)
-    mls = np.full(as_.shape, mls_score(model_bytes, cfg.s_lo, cfg.s_hi))
-    ov = cfg.w_as * as_ + cfg.w_cqs * cqs + cfg.w_es * es + cfg.w_mls * mls
-    return {"AS": as_, "CQS": cqs, "ES": es, "MLS": mls, "overall": ov}
-
-
-def score_intervals(cols: Mapping[str, np.ndarray], model_bytes: float, cfg: ScoreConfig | None = None,
-                    indices: np.ndarray | None = None, confidence: float = CONFIDENCE) -> dict[str, Interval]:
-    """Every score of one model with its interval (``indices`` from :func:`bootstrap_indices`)."""
-    point = score_samples(cols, model_bytes, cfg)
-    draws = score_samples(cols, model_bytes, cfg, indices if indices is not None else bootstrap_indices(len(cols["correct"])))
-    return {k: interval(float(point[k][0]), draws[k], confidence) for k in SCORE_FIELDS}
-
-
-def score_diff_intervals(a: Mapping[str, np.ndarray], a_bytes: float, b: Mapping[str, np.ndarray], b_bytes: float,
-                         cfg: ScoreConfig | None = None, indices: np.ndarray | None = None,
-                         confidence: float = CONFIDENCE) -> dict[str, Interval]:
-    """Paired differences ``a - b`` of every score, both models scored on the same problems in the same order."""
-    if len(a["correct"]) != len(b["correct"]):
-        raise ValueError(f"paired runs must cover the same problems: {len(a['correct'])} vs {len(b['correct'])}")
-    idx = indices if indices is not None else bootstrap_indices(len(a["correct"]))
-    pa, pb = score_samples(a, a_bytes, cfg), score_samples(b, b_bytes, cfg)
-    da, db = score_samples(a, a_bytes, cfg, idx), score_samples(b, b_bytes, cfg, idx)
-    return {k: interval(float(pa[k][0] - pb[k][0]), da[k] - db[k], confidence) for k in SCORE_FIELDS}
+    point = _sub(stat(resample(b, full)), stat(resample(a, full)))
+    return _intervals(point, _sub(stat(resample(b, idx)), stat(resample(a, idx))), confidence)
