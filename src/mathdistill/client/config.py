@@ -144,7 +144,8 @@ class RunStats:
         short = need is not None and need * TIMEOUT_MARGIN > timeout_s
         if not short and not self.timeouts:
             return None
-        head = f"{self.timeouts} tries timed out (a timed-out call may still be billed); " if self.timeouts else ""
+        tries = f"{self.timeouts} {'try' if self.timeouts == 1 else 'tries'}"
+        head = f"{tries} timed out (a timed-out call may still be billed); " if self.timeouts else ""
         if need is None:
             return head + f"--timeout {timeout_s:g} s may be short for --max-tokens {max_tokens}"
         if not short:
