@@ -7,8 +7,11 @@ line naming ``--max-tokens``, a 200 that is not an answer is retried and never s
 """
 
 import json
+import os
+import subprocess
 import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -56,7 +59,21 @@ def test_context_numbers_are_read_from_each_wording(style):
 
     f = classify(400, json.dumps({"object": "error", "message": CONTEXT_STYLES[style](4096, 1000, 8000)}).encode(), None)
     assert f.kind == "context" and (f.context.limit, f.context.prompt, f.context.completion) == (4096, 1000, 8000)
-    assert not f.context.prompt_alone_too_long
+    assert f.context.max_tokens_would_help(8000)
+
+
+@pytest.mark.parametrize("message,prompt,helps", [
+    # only the sum is given: the prompt is the sum less the max_tokens sent (64)
+    ("This model's maximum context length is 2048 tokens. However, you requested 9000 tokens", 8936, False),
+    ("This model's maximum context length is 2048 tokens. However, you requested 3000 tokens", 2936, False),
+    ("This endpoint's maximum context length is 2048 tokens. However, you requested about 2100 tokens", 2036, True),
+    ("The prompt (total length 5000) is too long to fit into the model (context length 4096).", 5000, False),
+    ("Input is too long: exceeds the model's context window", None, False),  # no numbers: this call fails alone
+])
+def test_whether_a_lower_max_tokens_would_help(message, prompt, helps):
+    f = classify(400, json.dumps({"error": {"message": message}}).encode(), None)
+    assert f.kind == "context" and f.context.prompt_tokens(64) == prompt
+    assert f.context.max_tokens_would_help(64) == helps
 
 
 # ---- case 1: quota exhausted ------------------------------------------------------------------------------
@@ -86,17 +103,15 @@ def test_a_real_rate_limit_is_still_retried(server):
 
 
 def test_quota_through_the_cli_is_one_line_and_exit_2(server, tmp_path):
-    import subprocess
-
     import mathdistill
 
     srv = server(faults={"*": ["quota_openai"] * 50})
     probs = tmp_path / "p.jsonl"
     probs.write_text("".join(json.dumps({"id": f"p{i}", "question": f"<q{i}> 1+{i}?"}) + "\n" for i in range(6)))
-    src = str(__import__("pathlib").Path(mathdistill.__file__).resolve().parents[1])
+    src = str(Path(mathdistill.__file__).resolve().parents[1])
     r = subprocess.run([sys.executable, "-m", "mathdistill", "generate", "--problems", str(probs), "--out",
                         str(tmp_path / "g"), "--backend", "openai", "--base-url", srv.base_url, "--model", "m"],
-                       capture_output=True, text=True, env={**__import__("os").environ, "PYTHONPATH": src}, timeout=120)
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": src}, timeout=120, check=False)
     assert r.returncode == 2, r.stderr
     assert "out of quota or credit" in r.stderr and "Traceback" not in r.stderr
     assert len(srv.log) <= 16, "at most the calls already in flight (concurrency 16), no retries"

@@ -75,6 +75,7 @@ class Engine:
         self.jobs: deque[Job] = deque()
         self.any_ok = False
         self.warned_timeout = False
+        self.warned_context = False
         self.http: httpx.AsyncClient | None = None
 
     # ---- one call ----------------------------------------------------------------------------------------
@@ -152,8 +153,8 @@ class Engine:
             if out.kind == "max_completion_tokens" and sent == "max_tokens":
                 self.switch_token_param(out)
                 continue  # the same call with max_completion_tokens: not a retry of a fault
-            if out.kind == "context" and not out.context.prompt_alone_too_long:
-                self.stop_context(out)
+            if out.kind == "context":
+                self.context_overflow(out)  # stops the run when a lower --max-tokens is the fix
             if n > 1 and out.kind == "n" and cfg.n_mode == "auto":
                 self.fall_back_to_separate(job)
                 return
@@ -184,15 +185,21 @@ class Engine:
                         f"{f.detail[:160]}); this is not a rate limit, so nothing is retried: add credit or use "
                         f"another key, then rerun the same command ({self.stats.ok} finished calls are cached)")
 
-    def stop_context(self, f: Fail) -> None:
+    def context_overflow(self, f: Fail) -> None:
+        """Prompt + max_tokens over the model's context: one line naming --max-tokens when lowering it is the
+        fix (the prompt fits); otherwise (the prompt alone is too long, or no numbers) only this call fails,
+        and the first such failure is reported once."""
         c, mt = f.context, self.cfg.max_tokens
-        if c.limit is not None and c.prompt is not None:
-            room = c.limit - c.prompt
-            raise UserError(f"{self.cfg.base_url}: a prompt of {c.prompt} tokens + --max-tokens {mt} exceed the "
-                            f"model's context of {c.limit} tokens (HTTP {f.status}); lower --max-tokens to at most "
-                            f"{room} (less for longer prompts), or serve the model with a longer context")
-        raise UserError(f"{self.cfg.base_url}: the prompt + --max-tokens {mt} exceed the model's context "
-                        f"(HTTP {f.status}: {f.detail[:160]}); lower --max-tokens")
+        if c.max_tokens_would_help(mt):
+            p = c.prompt_tokens(mt)
+            raise UserError(f"{self.cfg.base_url}: a prompt of {p} tokens + --max-tokens {mt} exceed the model's "
+                            f"context of {c.limit} tokens (HTTP {f.status}); lower --max-tokens (eval: "
+                            f"--max-new-tokens) to at most {c.limit - p}, less for longer prompts, or serve the "
+                            f"model with a longer context")
+        if not self.warned_context:
+            self.warned_context = True
+            info(f"warning: the endpoint says a prompt + --max-tokens {mt} exceed the model's context "
+                 f"({f.detail[:160]}); that sample fails (context_length); if every prompt does, lower --max-tokens")
 
     def fall_back_to_separate(self, job: Job) -> None:
         if self.use_n:

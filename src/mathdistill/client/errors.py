@@ -36,6 +36,7 @@ _LIMIT = (r"context length (?:is |of )?\(?(\d+)", r"context window (?:is |of )?(
 _PROMPT = (r"(\d+) (?:tokens )?in the messages", r"(\d+) input tokens", r"(\d+) tokens from the input",
            r"messages resulted in (\d+)", r"prompt \(total length (\d+)\)", r"input length \(?(\d+)",
            r"(\d+) of text input", r"prompt (?:is |has )?(\d+) tokens")
+_REQUESTED = (r"you requested (?:about )?(\d+) tokens", r"a total of (\d+) tokens")
 _COMPLETION = (r"(\d+) (?:tokens )?in the completion", r"(\d+) tokens for the completion", r"is too large: (\d+)")
 
 
@@ -46,10 +47,21 @@ class Context:
     limit: int | None = None
     prompt: int | None = None
     completion: int | None = None
+    requested: int | None = None  # prompt + completion, when only the sum is given
 
-    @property
-    def prompt_alone_too_long(self) -> bool:
-        return self.limit is not None and self.prompt is not None and self.prompt >= self.limit
+    def prompt_tokens(self, max_tokens: int) -> int | None:
+        """The prompt's tokens: given, or the requested total less the completion limit sent."""
+        if self.prompt is not None:
+            return self.prompt
+        if self.requested is not None:
+            return self.requested - (self.completion if self.completion is not None else max_tokens)
+        return None
+
+    def max_tokens_would_help(self, max_tokens: int) -> bool:
+        """True when the prompt fits the context and the completion limit is what overflows it; False when
+        the prompt alone is too long or the numbers are not given (then only this call fails)."""
+        p = self.prompt_tokens(max_tokens)
+        return self.limit is not None and p is not None and p < self.limit
 
 
 @dataclass
@@ -111,7 +123,8 @@ def classify(status: int, body: bytes, retry_after: float | None) -> Fail:
     elif status in (400, 413, 422) and (_CONTEXT.search(full) or "context_length_exceeded" in full):
         f.kind = "context"  # before max_completion_tokens: vLLM's says "'max_tokens' or 'max_completion_tokens' is too large"
         f.reason = "context_length"
-        f.context = Context(_first(_LIMIT, msg), _first(_PROMPT, msg), _first(_COMPLETION, msg))
+        f.context = Context(_first(_LIMIT, msg), _first(_PROMPT, msg), _first(_COMPLETION, msg),
+                            _first(_REQUESTED, msg))
     elif status in (400, 422) and _MAX_COMPLETION.search(full) and "max_tokens" in full:
         f.kind = "max_completion_tokens"
     elif status in (400, 422) and ((param and param.group(1).strip("'\"") == "n") or _N_PARAM.search(msg)):
