@@ -118,6 +118,26 @@ def test_quota_through_the_cli_is_one_line_and_exit_2(server, tmp_path):
     assert all(c.outcome == "quota_openai" for c in srv.log)
 
 
+def test_token_param_flag_sends_max_completion_tokens(server, tmp_path):
+    srv = server(token_param="max_completion_tokens")
+    probs = tmp_path / "p.jsonl"
+    probs.write_text("".join(json.dumps({"id": f"p{i}", "question": f"<q{i}> 1+{i}?"}) + "\n" for i in range(3)))
+    from mathdistill import cli
+
+    old = sys.argv
+    sys.argv = ["mathdistill", "generate", "--problems", str(probs), "--out", str(tmp_path / "g"), "--backend",
+                "openai", "--base-url", srv.base_url, "--model", "m", "--token-param", "max_completion_tokens",
+                "--max-tokens", "99"]
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        sys.argv = old
+    assert e.value.code in (0, None)
+    assert len(srv.log) == 3 and all(c.body.get("max_completion_tokens") == 99 and "max_tokens" not in c.body
+                                     for c in srv.log)
+
+
 # ---- case 2: reasoning models that refuse max_tokens ---------------------------------------------------------
 @pytest.mark.parametrize("samples,n_support", [(1, "yes"), (3, "yes"), (3, "reject")])
 def test_max_completion_tokens_is_sent_after_the_400(server, samples, n_support):

@@ -177,7 +177,7 @@ class Engine:
     def switch_token_param(self, f: Fail) -> None:
         if self.token_param != "max_completion_tokens":
             info(f"the endpoint refuses max_tokens ({f.detail[:120]}); sending max_completion_tokens for the rest "
-                 f"of the run (--set token_param=max_completion_tokens skips this)")
+                 f"of the run (--token-param max_completion_tokens skips this)")
         self.token_param = self.stats.token_param = "max_completion_tokens"
 
     def stop_quota(self, f: Fail) -> None:
@@ -214,7 +214,7 @@ class Engine:
         if self.warned_timeout:
             return
         line = self.stats.timeout_warning(self.cfg.timeout_s, self.cfg.max_tokens)
-        if line and (self.stats.timeouts or "is short" in line):
+        if line:
             self.warned_timeout = True
             info(f"warning: {line}")
 
