@@ -181,9 +181,11 @@ class Engine:
         self.token_param = self.stats.token_param = "max_completion_tokens"
 
     def stop_quota(self, f: Fail) -> None:
-        raise UserError(f"{self.cfg.base_url} says the account is out of quota or credit (HTTP {f.status}: "
+        kept = (f"{self.stats.ok} finished calls are cached" if self.cache.path != ":memory:"
+                else "no cache: --no-cache")
+        raise UserError(f"{self.endpoint} says the account is out of quota or credit (HTTP {f.status}: "
                         f"{f.detail[:160]}); this is not a rate limit, so nothing is retried: add credit or use "
-                        f"another key, then rerun the same command ({self.stats.ok} finished calls are cached)")
+                        f"another key, then rerun the same command ({kept})")
 
     def context_overflow(self, f: Fail) -> None:
         """Prompt + max_tokens over the model's context: one line naming --max-tokens when lowering it is the
@@ -192,7 +194,7 @@ class Engine:
         c, mt = f.context, self.cfg.max_tokens
         if c.max_tokens_would_help(mt):
             p = c.prompt_tokens(mt)
-            raise UserError(f"{self.cfg.base_url}: a prompt of {p} tokens + --max-tokens {mt} exceed the model's "
+            raise UserError(f"{self.endpoint}: a prompt of {p} tokens + --max-tokens {mt} exceed the model's "
                             f"context of {c.limit} tokens (HTTP {f.status}); lower --max-tokens (eval: "
                             f"--max-new-tokens) to at most {c.limit - p}, less for longer prompts, or serve the "
                             f"model with a longer context")
