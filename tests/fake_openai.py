@@ -20,6 +20,7 @@ are answered normally. Tokens:
     nochoices HTTP 200 with JSON that has no ``choices``
     drop      close the connection without answering
     gzip      a normal answer, gzip-compressed (``content-encoding: gzip``) though nobody asked for it
+    abort_last  a normal answer whose last choice has ``finish_reason: abort`` and no content (not paid)
     NAME      a body real endpoints send, from ``CANNED`` (status + body): quota (``quota_openai``,
               ``quota_deepseek``, ``quota_openrouter``, ...), ``n_*`` refusals of ``n``, ``maxtok_*``
               refusals of ``max_tokens``, ``ctx_*`` context-length errors, and 200s that are not an answer
@@ -387,6 +388,14 @@ class _Conn(asyncio.Protocol):
             answer = self.srv.answer(call.body)
             call.choices = len(answer["choices"])
             out = _response(200, gzip.compress(json.dumps(answer).encode()), "content-encoding: gzip\r\n")
+        elif tok == "abort_last":  # an n= answer whose last choice aborted (SGLang): the others are answers
+            call.outcome = "ok"
+            answer = self.srv.answer(call.body)
+            last = answer["choices"][-1]
+            last["finish_reason"], last["message"]["content"] = "abort", ""
+            last["message"].pop("reasoning_content", None)
+            call.choices = len(answer["choices"]) - 1
+            out = _response(200, json.dumps(answer).encode())
         elif tok == "drop":
             t.abort()
             return

@@ -233,6 +233,19 @@ def test_a_200_that_is_not_an_answer_is_retried_and_never_stored(server, tmp_pat
     assert len(rows) == 3 and {r["finish_reason"] for r in rows} == {"stop"}
 
 
+def test_an_aborted_choice_of_an_n_call_is_asked_again_alone(server, tmp_path):
+    srv = server(faults={"<q0>": ["abort_last"]})
+    stats = RunStats()
+    res = run_requests(config(srv), requests(2, samples=3), tmp_path / "c.sqlite", stats=stats)
+    assert all(r.error is None and r.finish_reason == "stop" and r.content for r in res)
+    assert srv.paid("<q0>") == 3, "the two answered choices are kept, only the aborted sample is asked again"
+    first, again = srv.calls("<q0>")
+    assert first.body["n"] == 3 and "n" not in again.body and again.body.get("max_tokens")
+    assert stats.not_answers == 1 and not stats.n_fallback and res[2].attempts == 2
+    with CallCache(tmp_path / "c.sqlite") as c:
+        assert len(c.rows()) == 6 and {r["finish_reason"] for r in c.rows()} == {"stop"}
+
+
 @pytest.mark.parametrize("body", NOT_ANSWERS)
 def test_a_call_that_never_answers_fails_and_is_not_cached(server, tmp_path, body):
     srv = server(faults={"<q0>": [body] * 10})

@@ -19,7 +19,7 @@ from ..progress import info
 from .config import ChatClientConfig, ChatResult, RunStats, api_key
 from .errors import DETAIL_CHARS, Fail, classify
 from .limits import Bucket, retry_after_s
-from .messages import Redactor, endpoint_url, not_an_answer, parse_message, public_endpoint
+from .messages import Redactor, choice_failed, endpoint_url, not_an_answer, parse_message, public_endpoint
 
 CHARS_PER_TOKEN = 4  # prompt-size estimate for the TPM bucket until the endpoint reports usage
 
@@ -31,6 +31,7 @@ class Job:
     messages: list[dict[str, Any]]
     samples: list[int]
     keys: list[str]
+    tries: int = 0  # tries already made for these samples (a re-asked part of an n= call)
 
 
 def check_proxy(url: str) -> None:
@@ -135,7 +136,7 @@ class Engine:
         sent = self.token_param
         body = self.body(job)
         est = len(body) / CHARS_PER_TOKEN + cfg.max_tokens * n
-        attempts = 0
+        attempts = job.tries
         while True:
             if sent != self.token_param:  # another call learnt the endpoint wants the other field
                 sent, body = self.token_param, self.body(job)
@@ -226,7 +227,17 @@ class Engine:
         data, raw, latency = out
         cfg, stats = self.cfg, self.stats
         choices = sorted(data["choices"], key=lambda c: c.get("index", 0) if isinstance(c.get("index"), int) else 0)
-        got = choices[:len(job.samples)]
+        answered = choices[:len(job.samples)]
+        bad = [j for j, c in enumerate(answered) if choice_failed(c)]
+        if bad:  # some choices of an n= call aborted: keep the others, ask again for those samples
+            stats.not_answers += len(bad)
+            stats.retries += 1
+            self.jobs.appendleft(Job(job.messages, [job.samples[j] for j in bad], [job.keys[j] for j in bad],
+                                     tries=attempts))
+            job = Job(job.messages, [s for j, s in enumerate(job.samples) if j not in bad] + job.samples[len(answered):],
+                      [k for j, k in enumerate(job.keys) if j not in bad] + job.keys[len(answered):])
+            answered = [c for j, c in enumerate(answered) if j not in bad]
+        got = answered
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
         pt, ct = usage.get("prompt_tokens"), usage.get("completion_tokens")
         parsed = [parse_message(c["message"]) for c in got]

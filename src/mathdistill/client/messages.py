@@ -43,12 +43,24 @@ def parse_message(msg: dict[str, Any]) -> tuple[str | None, str]:
     return ("\n".join(parts) or None), visible
 
 
-def not_an_answer(data: Any) -> str | None:
-    """Why a parsed 200 body is not an answer to keep, or None when it is one.
+def choice_failed(choice: dict[str, Any]) -> str | None:
+    """Why one choice is not an answer (``finish_reason`` ``abort`` from SGLang, ``error`` from OpenRouter),
+    or None."""
+    fr = choice.get("finish_reason")
+    if isinstance(fr, str) and fr.lower() in NOT_ANSWER_FINISH:
+        err = choice.get("error") or (choice.get("message") or {}).get("content") or ""
+        detail = err.get("message") if isinstance(err, dict) else err
+        return f"finish_reason {fr!r}{f' ({str(detail)[:120]})' if detail else ''}"
+    return None
 
-    Not an answer: no ``choices`` list or an empty one (an ``error`` object in its place, as OpenRouter sends
-    for a provider failure), a choice without a ``message`` object, or a choice whose ``finish_reason`` is
-    ``abort`` (SGLang) or ``error`` (OpenRouter). Such a call is retried like a failed one, never stored."""
+
+def not_an_answer(data: Any) -> str | None:
+    """Why a parsed 200 body holds no answer to keep, or None when it holds at least one.
+
+    No answer: no ``choices`` list or an empty one (an ``error`` object in its place, as OpenRouter sends
+    for a provider failure), a choice without a ``message`` object, or every choice failed
+    (:func:`choice_failed`). Such a call is retried like a failed one, never stored. When only some choices
+    of an ``n=`` call failed, the others are kept and the failed samples are asked again."""
     if not isinstance(data, dict):
         return f"the body is a JSON {type(data).__name__}, not an object"
     choices = data.get("choices")
@@ -57,14 +69,11 @@ def not_an_answer(data: Any) -> str | None:
         msg = err.get("message") if isinstance(err, dict) else err
         what = "no choices" if choices is None else "empty choices" if choices == [] else "choices is not a list"
         return f"{what}{f' (error: {msg})' if msg else ''}"
-    for c in choices:
-        if not isinstance(c, dict) or not isinstance(c.get("message"), dict):
-            return "a choice without a message"
-        fr = c.get("finish_reason")
-        if isinstance(fr, str) and fr.lower() in NOT_ANSWER_FINISH:
-            err = c.get("error") or (c.get("message") or {}).get("content") or ""
-            detail = err.get("message") if isinstance(err, dict) else err
-            return f"finish_reason {fr!r}{f' ({str(detail)[:120]})' if detail else ''}"
+    if not all(isinstance(c, dict) and isinstance(c.get("message"), dict) for c in choices):
+        return "a choice without a message"
+    failed = [choice_failed(c) for c in choices]
+    if all(failed):
+        return failed[0]
     return None
 
 
