@@ -316,3 +316,33 @@ def test_generate_summary_counts_timeouts_and_warns(server, tmp_path, capsys):
     (w,) = s["warnings"]
     assert "1 try timed out" in w and "may still be billed" in w and "--timeout 0.6" in w
     assert "warning: 1 try timed out" in capsys.readouterr().err
+
+
+# ---- the same kinds through `mathdistill generate`, as a user meets them --------------------------------------
+@pytest.mark.parametrize("mode,code,says", [
+    ({"faults": {"*": ["quota_deepseek"] * 50}}, 2, "out of quota or credit"),
+    ({"context_len": 1000, "context_style": "sglang"}, 2, "lower --max-tokens"),
+    ({"token_param": "max_completion_tokens", "n_support": "reject"}, 0, "sending max_completion_tokens"),
+    ({"faults": {"<q1>": ["error_openrouter"] * 50}}, 3, "2 of 4 samples failed for good (no_answer 2"),
+])
+def test_generate_cli_on_each_kind(server, tmp_path, capsys, mode, code, says):
+    from mathdistill import cli
+
+    srv = server(**mode)
+    probs = tmp_path / "p.jsonl"
+    probs.write_text("".join(json.dumps({"id": f"p{i}", "question": f"<q{i}> 1+{i}?"}) + "\n" for i in range(2)))
+    old = sys.argv
+    sys.argv = ["mathdistill", "generate", "--problems", str(probs), "--out", str(tmp_path / "g"), "--backend",
+                "openai", "--base-url", srv.base_url, "--model", "m", "--samples", "2", "--max-tokens", "2000",
+                "--max-retries", "1", "--set", "backoff_s=0.01"]
+    try:
+        with pytest.raises(SystemExit) as e:
+            cli.main()
+    finally:
+        sys.argv = old
+    err = capsys.readouterr().err
+    assert (e.value.code or 0) == code, err
+    assert says in err and "Traceback" not in err
+    if code == 2:
+        (line,) = [x for x in err.splitlines() if says in x]
+        assert len(line) < 400
