@@ -62,6 +62,14 @@ def test_context_numbers_are_read_from_each_wording(style):
     assert f.context.max_tokens_would_help(8000)
 
 
+def test_llama_cpp_context_error_carries_its_numbers_in_fields():
+    body = {"error": {"code": 400, "message": "the request exceeds the available context size, try increasing it",
+                      "type": "exceed_context_size_error", "n_prompt_tokens": 1200, "n_ctx": 4096}}
+    f = classify(400, json.dumps(body).encode(), None)
+    assert f.kind == "context" and (f.context.limit, f.context.prompt_tokens(8000)) == (4096, 1200)
+    assert f.context.max_tokens_would_help(8000)
+
+
 @pytest.mark.parametrize("message,prompt,helps", [
     # only the sum is given: the prompt is the sum less the max_tokens sent (64)
     ("This model's maximum context length is 2048 tokens. However, you requested 9000 tokens", 8936, False),
@@ -69,6 +77,10 @@ def test_context_numbers_are_read_from_each_wording(style):
     ("This endpoint's maximum context length is 2048 tokens. However, you requested about 2100 tokens", 2036, True),
     ("The prompt (total length 5000) is too long to fit into the model (context length 4096).", 5000, False),
     ("Input is too long: exceeds the model's context window", None, False),  # no numbers: this call fails alone
+    ("The prompt is too long: 40000, model maximum context length: 32768", 40000, False),
+    # TGI: inputs + max_new_tokens, the limit after "must be <="
+    ("Input validation error: `inputs` tokens + `max_new_tokens` must be <= 4096. Given: 1000 `inputs` tokens and "
+     "8000 `max_new_tokens`", 1000, True),
 ])
 def test_whether_a_lower_max_tokens_would_help(message, prompt, helps):
     f = classify(400, json.dumps({"error": {"message": message}}).encode(), None)

@@ -30,14 +30,18 @@ _MAX_COMPLETION = re.compile(r"max_completion_tokens", re.I)
 _N_PARAM = re.compile(
     r"""(?<![\w'"`])(?:['"`]n['"`]|n(?=\s*(?:[=<>:]|must\b|is\b|should\b|only\b|can(?:not|'t)?\b|"""
     r"""value\b|parameter\b|param\b|greater\b))|(?<=the )n(?= (?:parameter|param|field)\b))""")
-_CONTEXT = re.compile(r"context[ _]length|context window|maximum context|too long to fit|"
-                      r"exceeds? (?:the )?(?:model'?s? )?(?:max(?:imum)? )?(?:context|model length)", re.I)
-_LIMIT = (r"context length (?:is |of )?\(?(\d+)", r"context window (?:is |of )?(\d+)", r"max_model_len\D{0,8}(\d+)")
+_CONTEXT = re.compile(r"context[ _](?:length|size|window)|maximum context|too long to fit|prompt is too long|"
+                      r"exceeds? (?:the )?(?:model'?s? )?(?:max(?:imum)? )?(?:context|model length)|"
+                      r"max_new_tokens`? must be <=", re.I)
+_LIMIT = (r"context length(?: is| of|:)? \(?(\d+)", r"context window(?: is| of|:)? (\d+)", r"max_model_len\D{0,8}(\d+)",
+          r"n_ctx=(\d+)", r"must be <= (\d+)")
 _PROMPT = (r"(\d+) (?:tokens )?in the messages", r"(\d+) input tokens", r"(\d+) tokens from the input",
            r"messages resulted in (\d+)", r"prompt \(total length (\d+)\)", r"input length \(?(\d+)",
-           r"(\d+) of text input", r"prompt (?:is |has )?(\d+) tokens")
+           r"(\d+) of text input", r"prompt (?:is |has )?(\d+) tokens", r"prompt is too long: (\d+)",
+           r"n_prompt_tokens=(\d+)", r"(\d+) `inputs` tokens")
 _REQUESTED = (r"you requested (?:about )?(\d+) tokens", r"a total of (\d+) tokens")
-_COMPLETION = (r"(\d+) (?:tokens )?in the completion", r"(\d+) tokens for the completion", r"is too large: (\d+)")
+_COMPLETION = (r"(\d+) (?:tokens )?in the completion", r"(\d+) tokens for the completion", r"is too large: (\d+)",
+               r"(\d+) `max_new_tokens`")
 
 
 @dataclass
@@ -107,7 +111,8 @@ def error_fields(body: bytes) -> tuple[str, str]:
     if isinstance(err, dict):
         msg = err.get("message") or err.get("msg") or err.get("detail")
         msg = str(msg if msg else d).strip()
-        extra = " ".join(f"{k}={err[k]}" for k in ("type", "code", "param") if err.get(k) not in (None, ""))
+        extra = " ".join(f"{k}={err[k]}" for k in ("type", "code", "param", "n_prompt_tokens", "n_ctx")
+                         if err.get(k) not in (None, ""))  # n_*: llama.cpp's server
         return msg, f"{msg} {extra}".strip()
     text = str(err).strip()
     return text, text
@@ -123,8 +128,8 @@ def classify(status: int, body: bytes, retry_after: float | None) -> Fail:
     elif status in (400, 413, 422) and (_CONTEXT.search(full) or "context_length_exceeded" in full):
         f.kind = "context"  # before max_completion_tokens: vLLM's says "'max_tokens' or 'max_completion_tokens' is too large"
         f.reason = "context_length"
-        f.context = Context(_first(_LIMIT, msg), _first(_PROMPT, msg), _first(_COMPLETION, msg),
-                            _first(_REQUESTED, msg))
+        f.context = Context(_first(_LIMIT, full), _first(_PROMPT, full), _first(_COMPLETION, full),
+                            _first(_REQUESTED, full))
     elif status in (400, 422) and _MAX_COMPLETION.search(full) and "max_tokens" in full:
         f.kind = "max_completion_tokens"
     elif status in (400, 422) and ((param and param.group(1).strip("'\"") == "n") or _N_PARAM.search(msg)):
