@@ -59,7 +59,7 @@ def m002_failures(db: sqlite3.Connection) -> None:
             key TEXT PRIMARY KEY,          -- the call_key() that failed for good; deleted once a call succeeds
             model TEXT NOT NULL,
             sample INTEGER NOT NULL,
-            reason TEXT NOT NULL,          -- timeout | connection | bad_body | http_<status>
+            reason TEXT NOT NULL,          -- timeout | connection | bad_body | no_answer | context_length | http_<status>
             detail TEXT,
             attempts INTEGER NOT NULL,
             request_json TEXT,

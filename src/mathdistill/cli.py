@@ -94,6 +94,7 @@ def generate_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p
                  temperature: Optional[float] = typer.Option(None, "--temperature", help=h(GenerateConfig, "temperature")),
                  top_p: Optional[float] = typer.Option(None, "--top-p", help=h(GenerateConfig, "top_p")),
                  max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help=h(GenerateConfig, "max_tokens")),
+                 token_param: Optional[str] = typer.Option(None, "--token-param", help=h(GenerateConfig, "token_param")),
                  seed: Optional[int] = typer.Option(None, "--seed", help=h(GenerateConfig, "seed")),
                  extra_body: Optional[str] = typer.Option(None, "--extra-body", help=h(GenerateConfig, "extra_body")),
                  cache: Optional[bool] = typer.Option(None, "--cache/--no-cache", help=h(GenerateConfig, "cache")),
@@ -120,7 +121,8 @@ def generate_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p
     cfg = stage_config(GenerateConfig, "generate", config, preset, sets, {
         "backend": backend, "base_url": base_url, "model": model, "samples": samples, "concurrency": concurrency,
         "rpm": rpm, "tpm": tpm, "timeout_s": timeout_s, "max_retries": max_retries, "temperature": temperature,
-        "top_p": top_p, "max_tokens": max_tokens, "seed": seed, "extra_body": extra_body, "cache": cache,
+        "top_p": top_p, "max_tokens": max_tokens, "token_param": token_param, "seed": seed, "extra_body": extra_body,
+        "cache": cache,
         "id_field": id_field, "question_field": question_field, "answer_field": answer_field,
         "reasoning_field": reasoning_field, "output_field": output_field})
     generate(cfg, problems, generate_out_dir(out, overwrite), from_file=from_file)

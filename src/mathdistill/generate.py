@@ -469,6 +469,9 @@ def generate(cfg: GenerateConfig, problems_path: str | Path | None, out_dir: str
              f"completions from {cfg.model} ({cfg.backend}); cache: {out / CACHE_FILE if cfg.cache else 'off'}")
         traces, failures, stats, interrupted = model_traces(cfg, probs, out)
         summary["calls"] = stats.to_dict()
+        if cfg.backend == "openai":
+            warn = stats.timeout_warning(cfg.timeout_s, cfg.max_tokens)
+            summary["warnings"] = [warn] if warn else []
         write_jsonl(out / "failures.jsonl", failures)
     write_jsonl(out / "traces.jsonl", traces)
     by_reason: dict[str, int] = {}
@@ -499,6 +502,8 @@ def _report(summary: dict[str, Any], tally: Tally, out: Path) -> None:
         s = RunStats(**{**calls, "failed": Counter(calls["failed"])})
         info(f"  calls: {s.line()}"
              + (f"; {s.earlier_failures} earlier failures retried" if s.earlier_failures else ""))
+    for w in summary.get("warnings", []):
+        info(f"  warning: {w}")
     if summary["interrupted"]:
         info(f"  interrupted: finished calls are in {out / CACHE_FILE}; rerun the same command to continue")
     if tally.total():
