@@ -1,0 +1,94 @@
+"""The input join: a traces file (any field names, dotted paths) matched to problems by id, or by the question
+a trace carries; every unusable line counted with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..io import Tally, iter_raw
+from ..records import Problem, detect_lang, read_problems, stable_id
+from .config import CurateConfig
+from .rows import Row
+
+
+def _get(rec: dict[str, Any], name: str) -> Any:
+    """``rec[name]``, or a dotted path into nested dicts/lists (``response.choices.0.message.content``)."""
+    if name in rec:
+        return rec[name]
+    cur: Any = rec
+    for part in name.split("."):
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+    return cur
+
+
+def _text_field(rec: dict[str, Any], name: str, where: str, tally: Tally) -> tuple[str | None, bool]:
+    """(text, ok): None when absent or null; not ok when it is not text (a list, a dict)."""
+    v = _get(rec, name)
+    if v is None:
+        return None, True
+    if isinstance(v, str):
+        return v, True
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v), True
+    tally.add(f"bad_field: {name}", f"{where}: a {type(v).__name__}")
+    return None, False
+
+
+def _clean_text(s: str, tally: Tally) -> str:
+    if "\r" in s or "\ufeff" in s:
+        tally.add("normalized: crlf_or_bom_in_text")
+        s = s.replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
+    return s
+
+
+def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str | Path], tally: Tally) -> list[Row]:
+    probs: dict[str, Problem] = {}
+    for pp in problems_paths:
+        for p in read_problems(pp, cfg.problem_fields, tally):
+            if p.id in probs:
+                tally.add("duplicate_problem_id", f"{pp}: {p.id} (the later one is used)")
+            probs[p.id] = p
+    f = cfg.trace_fields
+    rows: list[Row] = []
+    samples: dict[str, int] = {}
+    for where, rec in iter_raw(traces_path, tally, count_blank=True):
+        pid, ok = _text_field(rec, f.problem_id_field, where, tally)
+        question, _ = _text_field(rec, f.question_field, where, tally)
+        pid = pid.strip() if pid else None
+        if pid is None and question and question.strip():
+            pid = stable_id(question.strip())
+        if pid is None:
+            tally.add(f"null_field: {f.problem_id_field}" if ok else "bad_trace_record", where)
+            continue
+        p = probs.get(pid)
+        if p is None and question and question.strip():
+            ref, _ = _text_field(rec, f.answer_field, where, tally)
+            q = _clean_text(question.strip(), tally)
+            p = probs[pid] = Problem(id=pid, question=q, answer=(ref or "").strip() or None, lang=detect_lang(q),
+                                     source=str(rec.get("source") or "user"))
+        if p is None:
+            tally.add("unknown_problem_id", f"{where}: {pid}")
+            continue
+        content, ok = _text_field(rec, f.content_field, where, tally)
+        if not ok:
+            continue
+        if content is None:
+            tally.add(f"null_field: {f.content_field}", where)
+            content = ""
+        reasoning, _ = _text_field(rec, f.reasoning_field, where, tally)
+        finish, _ = _text_field(rec, f.finish_reason_field, where, tally)
+        sample = _get(rec, f.sample_field)
+        if not isinstance(sample, int) or isinstance(sample, bool):
+            if sample is not None:
+                tally.add(f"bad_field: {f.sample_field}", f"{where}: {sample!r} (numbered in file order)")
+            sample = samples.get(pid, 0)
+        samples[pid] = max(samples.get(pid, 0), sample + 1)
+        rows.append(Row(len(rows), where, pid, sample, finish, p, _clean_text(content, tally),
+                        _clean_text(reasoning, tally) if reasoning else None))
+    return rows
