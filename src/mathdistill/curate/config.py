@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from ..config import StageConfig
-from ..records import FieldMap
+from ..records import REASONING_TAGS, FieldMap
 
 SEED_STEPS = ["strip_think", "drop_empty"]
 STEP_NAMES = ("strip_think", "drop_empty", "drop_truncated", "majority_vote", "verify_answer", "arith_check", "select",
@@ -20,7 +20,9 @@ class TraceFields(StageConfig):
     problem_id_field: str = Field("problem_id", description="field with the problem id the trace answers")
     content_field: str = Field("content", description="field with the teacher's visible answer")
     reasoning_field: str = Field("reasoning", description="field with the teacher's separate reasoning, if any")
-    finish_reason_field: str = Field("finish_reason", description="field with the stop reason (length = truncated)")
+    finish_reason_field: str = Field("finish_reason", description="field with the stop reason (length = truncated); "
+                                     "when the record has no such field, the nearest finish_reason beside "
+                                     "content_field is read (the same choice's, in an OpenAI Batch output)")
     sample_field: str = Field("sample", description="field with the sample index (numbered in file order when absent)")
     question_field: str = Field("question", description="a trace that carries its own question: used when its "
                                                         "problem id is not in the problems files (or none are given)")
@@ -101,7 +103,16 @@ class CurateConfig(StageConfig):
                              description="curate steps in order; known: strip_think, drop_empty, drop_truncated, "
                                          "majority_vote, verify_answer, arith_check, select, length_filter, "
                                          "decontaminate, dedup")
-    keep_think: bool = Field(False, description="keep the teacher's reasoning as <think>...</think> before the answer")
+    keep_think: bool = Field(False, description="keep the teacher's reasoning as <think>...</think> before the answer "
+                             "(the student's format, whatever tags the teacher used)")
+    reasoning_tags: list[tuple[str, str]] = Field(default_factory=lambda: list(REASONING_TAGS),
+                                                  description="(open, close) tag pairs around a teacher's reasoning "
+                                                  "that strip_think splits off: <think>, SkyThought's "
+                                                  "<|begin_of_thought|>, <reasoning>; add your model's pair")
+    question_template: str | None = Field(None, description="build each question from several fields of a problems "
+                                          "row (or of a trace carrying its question), e.g. "
+                                          "\"{question}\\n\\nOptions:\\n{options}\" (lists become A. ..., B. ... "
+                                          "lines); unset: problem_fields.question_field alone")
     dataset_name: str = Field("mathdistill", description="dataset name in dataset_info.json (LLaMA-Factory)")
     formats: list[FormatName] = Field(default_factory=lambda: ["alpaca_json"],
                                       description="training files to write: alpaca_json (dataset.json), alpaca_jsonl, "
@@ -128,6 +139,14 @@ class CurateConfig(StageConfig):
         twice = sorted({s for s in v if v.count(s) > 1})
         if twice:
             raise ValueError(f"curate step(s) listed twice: {twice}")
+        return v
+
+    @field_validator("reasoning_tags")
+    @classmethod
+    def _tags(cls, v: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        bad = [t for t in v if not (t[0].strip() and t[1].strip()) or t[0] == t[1]]
+        if bad:
+            raise ValueError(f"each reasoning tag pair needs two different, non-empty tags: {bad}")
         return v
 
     @field_validator("formats")

@@ -6,30 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import Tally, iter_raw
-from ..records import Problem, detect_lang, read_problems, stable_id
+from ..io import Tally, get_path, iter_raw, path_beside
+from ..records import Problem, detect_lang, read_problems, render_question, stable_id, whole_number
 from .config import CurateConfig
 from .rows import Row
 
 
-def _get(rec: dict[str, Any], name: str) -> Any:
-    """``rec[name]``, or a dotted path into nested dicts/lists (``response.choices.0.message.content``)."""
-    if name in rec:
-        return rec[name]
-    cur: Any = rec
-    for part in name.split("."):
-        if isinstance(cur, dict):
-            cur = cur.get(part)
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
-    return cur
-
-
 def _text_field(rec: dict[str, Any], name: str, where: str, tally: Tally) -> tuple[str | None, bool]:
     """(text, ok): None when absent or null; not ok when it is not text (a list, a dict)."""
-    v = _get(rec, name)
+    v = get_path(rec, name)
     if v is None:
         return None, True
     if isinstance(v, str):
@@ -50,16 +35,19 @@ def _clean_text(s: str, tally: Tally) -> str:
 def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str | Path], tally: Tally) -> list[Row]:
     probs: dict[str, Problem] = {}
     for pp in problems_paths:
-        for p in read_problems(pp, cfg.problem_fields, tally):
+        for p in read_problems(pp, cfg.problem_fields, tally, question_template=cfg.question_template):
             if p.id in probs:
                 tally.add("duplicate_problem_id", f"{pp}: {p.id} (the later one is used)")
             probs[p.id] = p
     f = cfg.trace_fields
     rows: list[Row] = []
     samples: dict[str, int] = {}
+    beside = [x for x in path_beside(f.content_field, "finish_reason") if x != f.finish_reason_field]
     for where, rec in iter_raw(traces_path, tally, count_blank=True):
         pid, ok = _text_field(rec, f.problem_id_field, where, tally)
         question, _ = _text_field(rec, f.question_field, where, tally)
+        if cfg.question_template:
+            question = render_question(cfg.question_template, rec)[0] or question
         pid = pid.strip() if pid else None
         if pid is None and question and question.strip():
             pid = stable_id(question.strip())
@@ -83,10 +71,18 @@ def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str |
             content = ""
         reasoning, _ = _text_field(rec, f.reasoning_field, where, tally)
         finish, _ = _text_field(rec, f.finish_reason_field, where, tally)
-        sample = _get(rec, f.sample_field)
-        if not isinstance(sample, int) or isinstance(sample, bool):
-            if sample is not None:
-                tally.add(f"bad_field: {f.sample_field}", f"{where}: {sample!r} (numbered in file order)")
+        for path in beside if finish is None else ():  # the same choice's stop reason as the content's
+            finish = _text_field(rec, path, where, tally)[0]
+            if finish is not None:
+                break
+        raw = get_path(rec, f.sample_field)
+        try:
+            sample = whole_number(raw)
+        except (TypeError, ValueError):
+            sample = None
+        if sample is None or sample < 0:
+            if raw is not None:
+                tally.add(f"bad_field: {f.sample_field}", f"{where}: {raw!r} (numbered in file order)")
             sample = samples.get(pid, 0)
         samples[pid] = max(samples.get(pid, 0), sample + 1)
         rows.append(Row(len(rows), where, pid, sample, finish, p, _clean_text(content, tally),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Callable
 
 from ..answers import GradeOptions, answers_equal, extract_answer
-from ..generate import split_think
+from ..records import split_reasoning
 from ..progress import bar
 from .config import STEP_NAMES, CurateConfig
 from .dedup import _decontaminate, _dedup
@@ -13,11 +13,12 @@ from .rows import Ctx, Row, _drop, _groups
 
 
 def _strip_think(rows: list[Row], ctx: Ctx) -> list[Row]:
+    tags = tuple(tuple(t) for t in ctx.cfg.reasoning_tags)
     for r in rows:
         low = r.output.lower()
-        if "<think>" in low and "</think>" not in low:
+        if any(o.lower() in low and c.lower() not in low for o, c in tags):
             ctx.tally.add("strip_think: unclosed_think", f"{r.where}: {r.pid}")
-        reasoning, content = split_think(r.output)
+        reasoning, content = split_reasoning(r.output, tags)
         if reasoning is not None or content != r.output.strip():
             ctx.tally.add("strip_think: modified")
         r.output = content
@@ -156,7 +157,7 @@ def _repair(r: Row, ctx: Ctx, text: str) -> str | None:
         if after is None or not answers_equal(after, ref, _grade_opts(ctx.cfg), ctx.grade):
             return "answer"
     if ctx.cfg.keep_think and r.reasoning:
-        reasoning, content = split_think(rep.text)
+        reasoning, content = split_reasoning(rep.text, (("<think>", "</think>"),))
         r.reasoning, r.output = reasoning, content
     else:
         r.output = rep.text
