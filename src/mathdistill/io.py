@@ -293,7 +293,11 @@ def write_parquet(path: str | Path, rows: list[dict[str, Any]]) -> int:
 # ------------------------------------------------------------------------------ training-set files
 # Each format: the file it writes and the dataset_info.json entry LLaMA-Factory reads it with.
 
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+# LLaMA-Factory renders an Alpaca row as system = the ``system`` column, user = ``prompt`` + "\n" + ``query``
+# (AlpacaDatasetConverter). Ours carry the system prompt in ``instruction`` and the question in ``input``, and
+# mathdistill's train and eval render them as system / user: so ``instruction`` is named the system column and
+# ``input`` the prompt, with no query (an unnamed column is None there), and both render the same turns.
+ALPACA_COLUMNS = {"prompt": "input", "system": "instruction", "response": "output"}
 DATASET_FORMATS = {
     "alpaca_json": ("dataset.json", {"formatting": "alpaca", "columns": ALPACA_COLUMNS}),
     "alpaca_jsonl": ("dataset.jsonl", {"formatting": "alpaca", "columns": ALPACA_COLUMNS}),

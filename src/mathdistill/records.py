@@ -177,10 +177,17 @@ def whole_number(v: Any) -> int | None:
     return int(f)
 
 
+_LETTERED = re.compile(r"^\(?[A-Za-z][).:]\s*")
+
+
 def _render_value(v: Any) -> str:
-    """Lists as lettered options (``A. ...`` one a line), dicts as ``key. value`` lines, others as text."""
+    """Lists as lettered options (``A. ...`` one a line; options already lettered, ``A)21`` as AQuA writes
+    them, are kept as they are), dicts as ``key. value`` lines, others as text."""
     if isinstance(v, list):
-        return "\n".join(f"{chr(65 + i) if i < 26 else i + 1}. {str(x).strip()}" for i, x in enumerate(v))
+        items = [str(x).strip() for x in v]
+        if items and all(_LETTERED.match(x) for x in items):
+            return "\n".join(items)
+        return "\n".join(f"{chr(65 + i) if i < 26 else i + 1}. {x}" for i, x in enumerate(items))
     if isinstance(v, dict):
         return "\n".join(f"{k}. {str(x).strip()}" for k, x in v.items())
     return "" if v is None else str(v).strip()

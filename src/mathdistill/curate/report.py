@@ -120,6 +120,9 @@ def _markdown(report: dict[str, Any], plot: str | None) -> str:
     if repaired:
         L += ["", "## Repaired per step (kept, changed)", "", "| step | rows repaired | steps repaired |", "|---|---|---|"]
         L += [f"| {s['step']} | {s['repaired']} | {s['steps_repaired']} |" for s in repaired]
+    if report.get("flagged", {}).get("truncated_kept"):
+        L += ["", f"**Flagged: {report['flagged']['truncated_kept']} training rows come from traces the teacher's token "
+              "limit cut off** (finish_reason: length); add `drop_truncated` to the steps to drop them.", ""]
     counts = report["counts"]["counts"]
     if counts:
         L += ["", "## Reasons (with the first few file:line)", ""]

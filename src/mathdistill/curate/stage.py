@@ -21,6 +21,19 @@ from .steps import STEPS
 HIST_SAMPLE = 5_000  # rows measured for the "before" length histogram (every k-th row beyond this)
 
 
+def _flag_truncated(rows: list, tally: Tally) -> int:
+    """Count (``flagged: truncated_kept``, with file:line) the training rows whose teacher was cut off by the
+    token limit (``finish_reason: length``): a recipe without ``drop_truncated`` (the seed's) keeps them, and
+    one with no reasoning tags is an unfinished chain that reads like a whole one. Returns the count."""
+    n = 0
+    for r in rows:
+        if (r.finish_reason or "").lower() == "length":
+            n += 1
+            tally.add("flagged: truncated_kept", f"{r.where}: {r.pid}" + ("" if r.reasoning else " (no reasoning tags: "
+                                                                           "an unfinished chain kept as an answer)"))
+    return n
+
+
 def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str | Path], out_dir: str | Path,
            eval_problems: list[str | Path] | None = None) -> dict[str, Any]:
     """Write the training files, ``dataset_info.json`` and the curate report into ``out_dir``; return the report.
@@ -51,6 +64,7 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
         per_step.append({"step": name, "in": before, "out": len(rows), "removed": before - len(rows),
                          **ctx.extra.get(name, {})})
         timing[name] = round(time.monotonic() - t, 2)
+    truncated = _flag_truncated(rows, tally)
     t = time.monotonic()
     dataset = []
     for r in rows:
@@ -82,6 +96,7 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
         "by_family": {f: sum(d["source"] == f for d in dataset) for f in sorted({d["source"] for d in dataset})},
         "lengths": {"unit": unit, "before": _summary(before_len), "after": _summary(after_len),
                     "before_sampled_every": step},
+        "flagged": {"truncated_kept": truncated},
         "agreement": _agreement_report(ctx.agreement),
         "grader": ctx.grade.to_dict(),
         "files": {},
