@@ -97,6 +97,11 @@ def test_problems_with_numbers_and_extra_columns_are_read():
     assert tally.examples["missing_question"][0].startswith(f"{DATA / 'problems_mixed.jsonl'}:4")
 
 
+def test_float_ids_from_pandas_are_whole(tmp_path):
+    f = write_jsonl(tmp_path / "p.jsonl", [{"id": 7.0, "question": "q?", "answer": 1.0}, {"id": 7.5, "question": "r?"}])
+    assert [(p.id, p.answer) for p in read_problems(f)] == [("7", "1.0"), ("7.5", None)]
+
+
 @pytest.mark.parametrize("raw,want", [(123, 123), (123.0, 123), ("123.0", 123), (" 7 ", 7), (None, None), ("", None)])
 def test_whole_number(raw, want):
     assert whole_number(raw) == want

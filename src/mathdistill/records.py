@@ -257,7 +257,10 @@ def read_problems(path: str | Path, fields: FieldMap | None = None, tally: Tally
         if q is None:
             tally.add("missing_question", f"{where}: no {fields.question_field!r} field")
             continue
-        pid = _clean(rec.get(fields.id_field)) or stable_id(q)
+        raw_id = rec.get(fields.id_field)
+        if isinstance(raw_id, float) and raw_id.is_integer():
+            raw_id = int(raw_id)  # pandas writes an int column with a gap as floats: 7.0 is the id "7"
+        pid = _clean(raw_id) or stable_id(q)
         meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
         out.append(Problem(
             id=pid,
