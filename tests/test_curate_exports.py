@@ -282,3 +282,19 @@ def test_train_cli_refuses_history_before_loading_a_model(tmp_path, capsys):
         sys.argv = old
     err = capsys.readouterr().err
     assert e.value.code == 2 and "history" in err and len(err.strip().splitlines()) == 1
+
+
+def test_train_tokenizes_a_llamafactory_row_as_llamafactory_renders_it(tiny_model):
+    """Token level: what train feeds the student for a LLaMA-Factory row is the chat template applied to the
+    turns LLaMA-Factory builds (system column, then instruction + newline + input)."""
+    from mathdistill.models import load_tokenizer, resolve
+    from mathdistill.train import tokenize_example
+
+    tok = load_tokenizer(resolve(str(tiny_model)))
+    entry = {"columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}}
+    rows = load(DATA / "lf_alpaca.json")
+    for row, ours in zip(rows, alpaca_rows(rows, "lf_alpaca.json")):
+        ids, labels = tokenize_example(tok, ours["instruction"], ours["input"], ours["output"])
+        want = tok.apply_chat_template(lf_render(row, entry), tokenize=False)
+        assert tok.decode(ids) == want
+        assert tok.decode([i for i, lab in zip(ids, labels) if lab != -100]).startswith(row["output"])
