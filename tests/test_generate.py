@@ -452,3 +452,14 @@ def test_help_shows_the_config_defaults():
     for flag, field in [("--concurrency", "concurrency"), ("--max-retries", "max_retries"), ("--timeout", "timeout_s"),
                         ("--samples", "samples"), ("--output-field", "output_field"), ("--rpm", "rpm")]:
         assert flag in text and f"[config: {field}; default: {GenerateConfig.model_fields[field].default}]" in text
+
+
+def test_a_repeated_problem_id_is_counted_with_its_line(server, tmp_path):
+    srv = server()
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "question": "What is 1 + 1?", "answer": 2},
+                                               {"id": "1", "question": "What is 2 + 2?", "answer": 4}])
+    out = tmp_path / "g"
+    assert invoke(openai_args(srv, probs, out)) == 0
+    assert [t["problem_id"] for t in read(out / "traces.jsonl")] == ["1"] and len(srv.log) == 1
+    skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
+    assert skipped["examples"]["duplicate_id"] == [f"{probs}:2: 1 (the first one is kept)"]

@@ -242,10 +242,11 @@ def read_problem_file(path: str | Path, tally: Tally, question_template: str | N
     """Problems from any supported file, read as ``curate`` and ``eval`` read them (records.read_problems: ids
     and answers may be numbers, extra columns are ignored); bad rows and repeated ids are counted with
     file:line, the first of an id kept."""
-    probs, seen = [], set()
-    for p in read_problems(path, FieldMap(), tally, question_template=question_template):
+    probs, seen, wheres = [], set(), []
+    read = read_problems(path, FieldMap(), tally, question_template, wheres)
+    for p, where in zip(read, wheres):
         if p.id in seen:
-            tally.add("duplicate_id", f"{path}: {p.id} (the first one is kept)")
+            tally.add("duplicate_id", f"{where}: {p.id} (the first one is kept)")
             continue
         seen.add(p.id)
         probs.append(p)

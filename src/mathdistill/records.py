@@ -232,8 +232,9 @@ def _clean(v: Any) -> str | None:
 
 
 def read_problems(path: str | Path, fields: FieldMap | None = None, tally: Tally | None = None,
-                  question_template: str | None = None) -> list[Problem]:
-    """Problems from any supported file. Bad rows are counted in ``tally`` with file:line, others kept.
+                  question_template: str | None = None, wheres: list[str] | None = None) -> list[Problem]:
+    """Problems from any supported file. Bad rows are counted in ``tally`` with file:line, others kept
+    (``wheres``, when given, receives the file:line of each kept one).
     Ids and answers may be numbers (``7``, ``42``: read as text) and extra columns (``level``, ``subject``) are
     ignored. ``question_template`` (see :func:`render_question`) builds the question from several fields.
 
@@ -270,6 +271,8 @@ def read_problems(path: str | Path, fields: FieldMap | None = None, tally: Tally
             source=_clean(rec.get(fields.source_field)) or "user",
             meta=meta,
         ))
+        if wheres is not None:
+            wheres.append(where)
     if rows and not out and tally.counts.get("missing_question") and question_template:
         keys = ", ".join(sorted(seen_keys)[:12])
         raise UserError(f"{path}: no record has every field of the question template {question_template!r} "
