@@ -128,6 +128,15 @@ def test_split_reasoning_known_tags(text, reasoning, content):
     assert split_reasoning(text) == (reasoning, content)
 
 
+@pytest.mark.parametrize("text", ["<think>add them</think>The answer is 8.", "<think>still thinking, no end",
+                                  "half a thought</think>\n#### 8", "<THINK>a</THINK><think>b</think> 8", "no tags",
+                                  "  <think>x</think>y</think>z", "İİ <think>a</think> b"])
+def test_split_reasoning_agrees_with_the_client_on_think(text):
+    from mathdistill.client import split_think
+
+    assert split_reasoning(text) == split_think(text)
+
+
 def test_split_reasoning_with_configured_tags():
     text = "[[plan]]add[[/plan]] #### 8"
     assert split_reasoning(text) == (None, text)

@@ -98,13 +98,14 @@ REASONING_TAGS: tuple[tuple[str, str], ...] = (
 # (open, close) pairs around the visible answer (SkyThought's solution block, GRPO's <answer>): the tags are removed, the text kept.
 ANSWER_TAGS: tuple[tuple[str, str], ...] = (("<|begin_of_solution|>", "<|end_of_solution|>"), ("<answer>", "</answer>"))
 
-_PATTERNS: dict[tuple[tuple[str, str], ...], list[tuple[re.Pattern, str, str]]] = {}
+_PATTERNS: dict[tuple[tuple[str, str], ...], list[tuple[re.Pattern, re.Pattern, re.Pattern, str, str]]] = {}
 
 
-def _patterns(tags: tuple[tuple[str, str], ...]) -> list[tuple[re.Pattern, str, str]]:
+def _patterns(tags: tuple[tuple[str, str], ...]) -> list[tuple[re.Pattern, re.Pattern, re.Pattern, str, str]]:
+    """Per pair: (block, close tag, leading open tag) patterns, and the lowercased tags for a cheap test."""
     if tags not in _PATTERNS:
-        _PATTERNS[tags] = [(re.compile(re.escape(o) + r"(.*?)" + re.escape(c), re.S | re.I), o.lower(), c.lower())
-                           for o, c in tags]
+        _PATTERNS[tags] = [(re.compile(re.escape(o) + r"(.*?)" + re.escape(c), re.S | re.I), re.compile(re.escape(c), re.I),
+                            re.compile(r"\s*" + re.escape(o), re.I), o.lower(), c.lower()) for o, c in tags]
     return _PATTERNS[tags]
 
 
@@ -122,18 +123,19 @@ def split_reasoning(text: str | None, tags: tuple[tuple[str, str], ...] | list |
     parts: list[str] = []
     rest = text
     low = rest.lower()
-    for pat, o, c in _patterns(tags):
+    for block, close, lead, o, c in _patterns(tags):
         if o not in low and c not in low:
-            continue
-        parts.extend(pat.findall(rest))
-        rest = pat.sub("", rest)
-        low = rest.lower()
-        if c in low:
-            i = low.rfind(c)
-            parts.append(rest[:i])
-            rest = rest[i + len(c):]
-        elif low.lstrip().startswith(o):
-            parts.append(rest.lstrip()[len(o):])
+            continue  # a substring test first: most outputs hold no tag of most pairs
+        parts.extend(block.findall(rest))
+        rest = block.sub("", rest)
+        last = None
+        for last in close.finditer(rest):
+            pass
+        if last is not None:  # a lone close tag: the template opened it, what precedes it is reasoning
+            parts.append(rest[:last.start()])
+            rest = rest[last.end():]
+        elif (m := lead.match(rest)) is not None:  # an open tag never closed (cut off): all of it is reasoning
+            parts.append(rest[m.end():])
             rest = ""
         low = rest.lower()
     for o, c in answer_tags:
@@ -143,12 +145,6 @@ def split_reasoning(text: str | None, tags: tuple[tuple[str, str], ...] | list |
                 low = rest.lower()
     reasoning = "\n".join(p.strip() for p in parts if p.strip()) or None
     return reasoning, rest.strip()
-
-
-def has_reasoning_tags(text: str, tags: tuple[tuple[str, str], ...] | list | None = None) -> bool:
-    """Whether any open or close tag of ``tags`` (default :data:`REASONING_TAGS`) is in ``text``."""
-    low = (text or "").lower()
-    return any(o.lower() in low or c.lower() in low for o, c in (REASONING_TAGS if tags is None else tags))
 
 
 def answer_text(output: str, tags: tuple[tuple[str, str], ...] | list | None = None) -> str:
@@ -194,11 +190,6 @@ def _render_value(v: Any) -> str:
 
 
 _SLOT = re.compile(r"\{([^{}]+)\}")
-
-
-def template_fields(template: str) -> list[str]:
-    """The field names a question template uses (``{question}`` -> ``question``; dotted paths allowed)."""
-    return _SLOT.findall(template)
 
 
 def render_question(template: str, rec: dict[str, Any]) -> tuple[str | None, list[str]]:
