@@ -218,6 +218,8 @@ def test_render_question_letters_options_once():
     assert render_question(TEMPLATE, rows[1])[0].endswith("Options:\nA)18\nB)21\nC)24\nD)27")  # already lettered
     assert render_question(TEMPLATE, rows[2]) == (None, ["options"])
     assert render_question("{{literal}} {question}", rows[0])[0] == "{literal} Which number is prime?"
+    mmlu = {"question": "2 + 2?", "choices": {"A": "3", "B": "4"}, "meta": {"hint": "add"}}
+    assert render_question("{question} ({meta.hint})\n{choices}", mmlu)[0] == "2 + 2? (add)\nA. 3\nB. 4"
 
 
 def test_curate_joins_with_a_question_template(tmp_path):
