@@ -1,7 +1,8 @@
 """Stage ``curate``: teacher traces -> training rows, through named steps that each count what they removed.
 
 Steps (each optional; ``steps`` lists the ones that run, in order; each has its options under its own key):
-  strip_think     remove ``<think>...</think>`` from outputs (also an unclosed leading ``<think>``, a stray ``</think>``)
+  strip_think     split the reasoning off the outputs (``<think>``, SkyThought's ``<|begin_of_thought|>``, ``<reasoning>``,
+                  or ``reasoning_tags``; also an unclosed leading open tag, a lone close tag)
   drop_empty      drop rows whose output is empty after that
   drop_truncated  drop rows the teacher stopped for length (``finish_reason: length``)
   majority_vote   problems without a reference: label them with the answer most samples agree on
@@ -16,6 +17,10 @@ The default recipe (``CurateConfig()``) is the seed's notebook: ``strip_think, d
 rows (``instruction`` = the English or Chinese system prompt by the question's language, ``input`` = question,
 ``output`` = cleaned answer) in the formats asked for, with ``dataset_info.json`` for LLaMA-Factory, and a
 report (``curate_report.json``, ``.md``, ``.png``). Same inputs and config, same output bytes.
+
+Modules: ``config`` (the recipe), ``join`` (traces matched to problems), ``rows`` (what steps pass along),
+``steps`` (the steps and their registry), ``dedup`` (n-grams, decontaminate, the MinHash LSH index),
+``report`` (summaries, figure, markdown), ``stage`` (``curate()``).
 """
 
 from .config import (SEED_STEPS, ArithCheckConfig, CurateConfig, DecontaminateConfig, DedupConfig, LengthFilterConfig,
