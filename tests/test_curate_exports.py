@@ -60,6 +60,22 @@ def test_curate_reads_finish_reason_of_the_same_choice(tmp_path, choice, finish)
     assert flagged == {pid for pid, fr in finish.items() if fr == "length"}
     rows = load(tmp_path / "o" / "dataset.json")
     assert {r["problem_id"] for r in rows} == set(finish)
+    if choice == 0:  # the repeated line is no second sample; the failed requests are no (empty) samples
+        assert sorted(r["problem_id"] for r in rows) == ["p1", "p1", "p2", "p5"]
+        counts, ex = rep["counts"]["counts"], rep["counts"]["examples"]
+        assert counts["duplicate_line"] == 1 and ex["duplicate_line"][0].endswith("batch_output.jsonl:1")
+        assert counts["request_failed"] == 2 and "null_field: " + cfg.trace_fields.content_field not in counts
+
+
+@pytest.mark.parametrize("second,kept", [
+    ({"problem_id": "p1", "sample": 0, "content": "#### 8"}, 1),   # the same sample written twice: counted once
+    ({"problem_id": "p1", "sample": 1, "content": "#### 8"}, 2),   # another sample with the same text: kept
+    ({"problem_id": "p1", "content": "#### 8"}, 2),                # no sample index: dedup's job, not the reader's
+])
+def test_a_trace_file_appended_twice_is_read_once(tmp_path, second, kept):
+    traces = write_jsonl(tmp_path / "t.jsonl", [{"problem_id": "p1", "sample": 0, "content": "#### 8"}, second])
+    rep = curate(CurateConfig(plot=False), traces, [DATA / "batch_problems.jsonl"], tmp_path / "o")
+    assert rep["rows_out"] == kept and rep["counts"]["counts"].get("duplicate_line", 0) == 2 - kept
 
 
 # ---- case 8: JSON Lines in a .json file ---------------------------------------------------------------------

@@ -36,7 +36,8 @@ from .errors import PartialRun, UserError
 from .io import Tally, file_sha256, get_path, iter_raw, package_versions, path_beside, prepare_out_dir, write_json, write_jsonl
 from .progress import info
 from .prompts import instruction_for, messages
-from .records import FieldMap, Problem, Trace, detect_lang, read_problems, render_question, split_reasoning, stable_id
+from .records import (FieldMap, Problem, Trace, detect_lang, read_problems, render_question, request_error,
+                      split_reasoning, stable_id)
 
 __all__ = ["GenerateConfig", "ReferenceNoise", "generate", "split_think", "reference_traces", "noisy_reference_traces",
            "generate_out_dir"]
@@ -375,20 +376,6 @@ def _finish_reason(cfg: GenerateConfig, rec: dict[str, Any]) -> str | None:
     return None
 
 
-def _request_error(rec: dict[str, Any]) -> str | None:
-    """Why an OpenAI Batch output line holds no completion (``error``, or a non-200 ``response``), else None."""
-    err = rec.get("error")
-    resp = rec.get("response")
-    status = resp.get("status_code") if isinstance(resp, dict) else None
-    if isinstance(status, int) and status != 200:
-        body = resp.get("body") if isinstance(resp.get("body"), dict) else {}
-        e = body.get("error") if isinstance(body.get("error"), dict) else {}
-        return f"HTTP {status}" + (f" {e.get('code') or e.get('type') or ''}: {e.get('message', '')}".rstrip(": ") if e else "")
-    if isinstance(err, dict) and err:
-        return f"{err.get('code') or 'error'}: {err.get('message', '')}".rstrip(": ")
-    return None
-
-
 def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Problem] | None,
                   tally: Tally) -> tuple[list[Trace], list[Problem]]:
     """Traces from a batch-inference export. With ``probs``, rows are matched to them by id, else by
@@ -402,7 +389,7 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
     for where, rec in iter_raw(from_file, tally, duplicates=True):  # a resubmitted batch: counted, not a sample
         output = get_path(rec, cfg.output_field)
         if not isinstance(output, (str, int, float)) or not str(output).strip():
-            err = _request_error(rec)
+            err = request_error(rec)
             if err:
                 tally.add("request_failed", f"{where}: {err}")
             else:

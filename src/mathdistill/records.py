@@ -158,6 +158,22 @@ def answer_text(output: str, tags: tuple[tuple[str, str], ...] | list | None = N
 
 # ------------------------------------------------------------------------------------- field values
 
+def request_error(rec: dict[str, Any]) -> str | None:
+    """Why an OpenAI Batch output line holds no completion, else None: its ``error`` (``batch_expired``...) or a
+    non-200 ``response`` (``HTTP 400 unsupported_parameter: ...``)."""
+    err = rec.get("error")
+    resp = rec.get("response")
+    status = resp.get("status_code") if isinstance(resp, dict) else None
+    if isinstance(status, int) and status != 200:
+        body = resp.get("body") if isinstance(resp.get("body"), dict) else {}
+        e = body.get("error") if isinstance(body.get("error"), dict) else {}
+        return f"HTTP {status}" + (f" {e.get('code') or e.get('type') or ''}: {e.get('message', '')}".rstrip(": ") if e else "")
+    if isinstance(err, dict) and err:
+        return f"{err.get('code') or 'error'}: {err.get('message', '')}".rstrip(": ")
+    return None
+
+
+
 def whole_number(v: Any) -> int | None:
     """A count as written by any exporter: ``123``, ``"123"``, ``123.0``, ``"123.0"`` -> 123; None/"" -> None.
     Raises ValueError for anything else (``12.5``, ``"abc"``, a bool)."""

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import Tally, get_path, iter_raw, path_beside
-from ..records import Problem, detect_lang, read_problems, render_question, stable_id, whole_number
+from ..records import Problem, detect_lang, read_problems, render_question, request_error, stable_id, whole_number
 from .config import CurateConfig
 from .rows import Row
 
@@ -42,6 +42,7 @@ def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str |
     f = cfg.trace_fields
     rows: list[Row] = []
     samples: dict[str, int] = {}
+    seen: dict[tuple, str] = {}  # exact repeats of a named sample -> the file:line of the first
     beside = [x for x in path_beside(f.content_field, "finish_reason") if x != f.finish_reason_field]
     for where, rec in iter_raw(traces_path, tally, count_blank=True):
         pid, ok = _text_field(rec, f.problem_id_field, where, tally)
@@ -67,6 +68,10 @@ def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str |
         if not ok:
             continue
         if content is None:
+            err = request_error(rec)
+            if err:  # an OpenAI Batch output line whose request failed: no sample at all
+                tally.add("request_failed", f"{where}: {err}")
+                continue
             tally.add(f"null_field: {f.content_field}", where)
             content = ""
         reasoning, _ = _text_field(rec, f.reasoning_field, where, tally)
@@ -80,11 +85,18 @@ def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str |
             sample = whole_number(raw)
         except (TypeError, ValueError):
             sample = None
-        if sample is None or sample < 0:
+        explicit = sample is not None and sample >= 0
+        if not explicit:
             if raw is not None:
                 tally.add(f"bad_field: {f.sample_field}", f"{where}: {raw!r} (numbered in file order)")
             sample = samples.get(pid, 0)
         samples[pid] = max(samples.get(pid, 0), sample + 1)
+        if explicit or "custom_id" in rec:  # a line that names its sample (or its batch request) twice, same text:
+            key = (pid, sample if explicit else rec["custom_id"], content, reasoning)  # the file appended again
+            first = seen.setdefault(key, where)
+            if first is not where:
+                tally.add("duplicate_line", f"{where}: same sample as {first}")
+                continue
         rows.append(Row(len(rows), where, pid, sample, finish, p, _clean_text(content, tally),
                         _clean_text(reasoning, tally) if reasoning else None))
     return rows
