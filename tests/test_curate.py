@@ -70,7 +70,9 @@ def test_seed_recipe_counts_and_alpaca_rows(tmp_path):
     assert by_id["p3"]["instruction"] == EN_PROMPT
     info = json.loads((tmp_path / "out" / "dataset_info.json").read_text())
     assert info["mathdistill"]["file_name"] == "dataset.json"
-    assert info["mathdistill"]["columns"] == {"prompt": "instruction", "query": "input", "response": "output"}
+    # LLaMA-Factory puts the system column in the system turn and prompt (+ query) in the user turn: so our
+    # instruction (the system prompt) is its system column and our input (the question) its prompt
+    assert info["mathdistill"]["columns"] == {"prompt": "input", "system": "instruction", "response": "output"}
 
 
 def test_keep_think_puts_reasoning_back(tmp_path):

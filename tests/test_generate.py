@@ -271,6 +271,89 @@ def test_from_file_joins_an_openai_batch_output_to_problems_by_id(tmp_path):
     assert summary["skipped"]["counts"] == {"unknown_problem": 1}
 
 
+EXPORTS = Path(__file__).parent / "data" / "exports"
+BATCH_CONTENT = "response.body.choices.{}.message.content"
+
+
+@pytest.mark.parametrize("choice,expected", [
+    (0, [("p1", 0, "stop"), ("p2", 0, "length"), ("p5", 0, "stop"), ("p1", 1, "stop")]),
+    (1, [("p5", 0, "length")]),
+])
+def test_from_file_openai_batch_output_finish_reason_duplicates_and_errors(tmp_path, choice, expected):
+    """The real Batch output shape: finish_reason read from the same choice as the content, the exact repeated
+    line (a resubmitted batch) counted and not a second sample, failed requests counted with file:line."""
+    export = EXPORTS / "batch_output.jsonl"
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", export, "--problems", EXPORTS / "batch_problems.jsonl", "--out", out,
+                   "--id-field", "custom_id", "--output-field", BATCH_CONTENT.format(choice)]) == 0
+    traces = read(out / "traces.jsonl")
+    assert [(t["problem_id"], t["sample"], t["finish_reason"]) for t in traces] == expected
+    skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
+    assert skipped["counts"]["duplicate_line"] == 1
+    assert skipped["examples"]["duplicate_line"] == [f"{export}:3: same record as {export}:1"]
+    if choice == 0:
+        assert skipped["counts"]["request_failed"] == 2
+        assert [e.split(": ", 1)[0] for e in skipped["examples"]["request_failed"]] == [f"{export}:4", f"{export}:5"]
+        assert "batch_expired" in skipped["examples"]["request_failed"][0]
+        assert "HTTP 400 unsupported_parameter" in skipped["examples"]["request_failed"][1]
+
+
+def test_from_file_finish_reason_field_can_be_named(tmp_path):
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", EXPORTS / "batch_output.jsonl", "--problems",
+                   EXPORTS / "batch_problems.jsonl", "--out", out, "--id-field", "custom_id", "--output-field",
+                   BATCH_CONTENT.format(0), "--finish-reason-field", "response.body.choices.1.finish_reason"]) == 0
+    assert [t["finish_reason"] for t in read(out / "traces.jsonl")] == [None, None, "length", None]
+
+
+def test_problems_with_numbers_and_extra_columns_reach_the_teacher(server, tmp_path, capsys):
+    """Integer ids and answers and extra columns are accepted as curate and eval accept them (they were all
+    dropped with exit 0); the row without a question is counted with file:line."""
+    srv = server()
+    probs = EXPORTS / "problems_mixed.jsonl"
+    out = tmp_path / "g"
+    assert invoke(openai_args(srv, probs, out)) == 0
+    assert sorted(t["problem_id"] for t in read(out / "traces.jsonl")) == ["1", "2", "3"]
+    assert sorted(c.question for c in srv.log) == ["What is 10 - 4?", "What is 2 + 3?", "What is half of 5?"]
+    skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
+    assert skipped["counts"] == {"missing_question": 1}
+    assert skipped["examples"]["missing_question"][0].startswith(f"{probs}:4")
+
+
+def test_from_file_matches_integer_ids(tmp_path):
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", EXPORTS / "batch_output_mixed.jsonl", "--problems",
+                   EXPORTS / "problems_mixed.jsonl", "--out", out, "--id-field", "custom_id",
+                   "--output-field", BATCH_CONTENT.format(0)]) == 0
+    assert [(t["problem_id"], t["content"]) for t in read(out / "traces.jsonl")] == [
+        ("1", "#### 5"), ("2", "#### 2.5"), ("3", "#### 6")]
+
+
+def test_question_template_builds_what_the_teacher_sees(server, tmp_path):
+    srv = server()
+    out = tmp_path / "g"
+    assert invoke(openai_args(srv, EXPORTS / "multiple_choice.jsonl", out, "--question-template",
+                              "{question}\\n\\nOptions:\\n{options}")) == 0
+    assert sorted(c.question for c in srv.log) == [
+        "A pen costs 3 dollars. What do 7 pens cost?\n\nOptions:\nA)18\nB)21\nC)24\nD)27",
+        "Which number is prime?\n\nOptions:\nA. 4\nB. 6\nC. 7\nD. 9"]
+    skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
+    assert skipped["counts"] == {"missing_question": 1} and "'options'" in skipped["examples"]["missing_question"][0]
+
+
+def test_from_file_question_template_and_skythought_tags(tmp_path):
+    rows = [{"q": "Which is prime?", "opts": ["4", "7"], "out": "<|begin_of_thought|>7 has no divisors"
+             "<|end_of_thought|><|begin_of_solution|>#### B<|end_of_solution|>"}]
+    export = write_jsonl(tmp_path / "mc.jsonl", rows)
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", export, "--out", out, "--output-field", "out",
+                   "--question-template", "{q}\\nOptions:\\n{opts}"]) == 0
+    [t] = read(out / "traces.jsonl")
+    [p] = read(out / "problems.jsonl")
+    assert p["question"] == "Which is prime?\nOptions:\nA. 4\nB. 7"
+    assert (t["reasoning"], t["content"]) == ("7 has no divisors", "#### B")
+
+
 def test_from_file_with_a_wrong_mapping_is_one_clear_error(tmp_path, capsys):
     export = write_jsonl(tmp_path / "e.jsonl", [{"q": "1+1?", "a": "2"}])
     assert invoke(["generate", "--from-file", export, "--out", tmp_path / "g"]) == 2
@@ -369,3 +452,14 @@ def test_help_shows_the_config_defaults():
     for flag, field in [("--concurrency", "concurrency"), ("--max-retries", "max_retries"), ("--timeout", "timeout_s"),
                         ("--samples", "samples"), ("--output-field", "output_field"), ("--rpm", "rpm")]:
         assert flag in text and f"[config: {field}; default: {GenerateConfig.model_fields[field].default}]" in text
+
+
+def test_a_repeated_problem_id_is_counted_with_its_line(server, tmp_path):
+    srv = server()
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "question": "What is 1 + 1?", "answer": 2},
+                                               {"id": "1", "question": "What is 2 + 2?", "answer": 4}])
+    out = tmp_path / "g"
+    assert invoke(openai_args(srv, probs, out)) == 0
+    assert [t["problem_id"] for t in read(out / "traces.jsonl")] == ["1"] and len(srv.log) == 1
+    skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
+    assert skipped["examples"]["duplicate_id"] == [f"{probs}:2: 1 (the first one is kept)"]

@@ -105,6 +105,8 @@ def generate_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p
                  answer_field: Optional[str] = typer.Option(None, "--answer-field", help=h(GenerateConfig, "answer_field")),
                  reasoning_field: Optional[str] = typer.Option(None, "--reasoning-field", help=h(GenerateConfig, "reasoning_field")),
                  output_field: Optional[str] = typer.Option(None, "--output-field", help=h(GenerateConfig, "output_field")),
+                 finish_reason_field: Optional[str] = typer.Option(None, "--finish-reason-field", help=h(GenerateConfig, "finish_reason_field")),
+                 question_template: Optional[str] = typer.Option(None, "--question-template", help=h(GenerateConfig, "question_template")),
                  config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
                  sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
     """Teacher traces for problems (reference chains, any OpenAI-compatible endpoint, or vLLM), or an
@@ -124,7 +126,8 @@ def generate_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p
         "top_p": top_p, "max_tokens": max_tokens, "token_param": token_param, "seed": seed, "extra_body": extra_body,
         "cache": cache,
         "id_field": id_field, "question_field": question_field, "answer_field": answer_field,
-        "reasoning_field": reasoning_field, "output_field": output_field})
+        "reasoning_field": reasoning_field, "output_field": output_field, "finish_reason_field": finish_reason_field,
+        "question_template": question_template})
     generate(cfg, problems, generate_out_dir(out, overwrite), from_file=from_file)
 
 
@@ -137,6 +140,7 @@ def curate_cmd(traces: Path = typer.Option(..., "--traces", "-t", help="Trace fi
                formats: Optional[str] = typer.Option(None, "--format", help="comma-separated; " + h(CurateConfig, "formats")),
                tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help=h(CurateConfig, "tokenizer")),
                keep_think: Optional[bool] = typer.Option(None, "--keep-think/--strip-think", help=h(CurateConfig, "keep_think")),
+               question_template: Optional[str] = typer.Option(None, "--question-template", help=h(CurateConfig, "question_template")),
                config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
                sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
     """Curate traces into training rows (verify, vote, select, filter, decontaminate, dedup); every step counts
@@ -148,7 +152,8 @@ def curate_cmd(traces: Path = typer.Option(..., "--traces", "-t", help="Trace fi
         check_readable(p, "problems file")
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v is not None else None  # noqa: E731
     cfg = stage_config(CurateConfig, "curate", config, preset, sets,
-                       {"keep_think": keep_think, "steps": split(steps), "formats": split(formats), "tokenizer": tokenizer})
+                       {"keep_think": keep_think, "steps": split(steps), "formats": split(formats), "tokenizer": tokenizer,
+                        "question_template": question_template})
     curate(cfg, traces, problems or [], prepare_out_dir(out, overwrite), eval_problems=eval_problems or [])
 
 

@@ -27,7 +27,7 @@ from .io import Tally, file_sha256, iter_raw, package_versions, read_json, write
 from .judge import JudgeConfig, judge
 from .models import DEFAULT_STUDENT, load_tokenizer, model_bytes, resolve
 from .progress import info
-from .records import FieldMap, Prediction, Problem, read_problems
+from .records import FieldMap, Prediction, Problem, answer_text, read_problems, whole_number
 from .scores import INTERVAL_KEYS, ScoreConfig, aggregate, cqs_proxy, paired_bootstrap
 
 __all__ = ["EvalConfig", "PredictionFields", "evaluate", "compare", "score_outputs"]
@@ -65,7 +65,7 @@ def score_outputs(probs: list[Problem], outs: list[Generation | dict[str, Any]])
     preds = []
     for p, o in zip(probs, outs):
         g = o if isinstance(o, Generation) else Generation(o["output"], o["tokens"], o["finish_reason"])
-        ans = extract_answer(g.output)
+        ans = extract_answer(answer_text(g.output))  # any known reasoning tags stripped first (records.REASONING_TAGS)
         correct = g.finish_reason == "stop" and answers_equal(ans, p.answer)
         preds.append(Prediction(problem_id=p.id, source=p.source, output=g.output, extracted_answer=ans,
                                 reference=p.answer, correct=correct, tokens=g.tokens, finish_reason=g.finish_reason,
@@ -156,7 +156,7 @@ def read_predictions(path: str | Path, probs: list[Problem], f: PredictionFields
         out = "" if rec.get(f.output_field) is None else str(rec[f.output_field])
         raw_tokens = rec.get(f.tokens_field) if f.tokens_field else None
         try:
-            tokens = int(raw_tokens) if raw_tokens not in (None, "") else None
+            tokens = whole_number(raw_tokens)  # 123, "123" and 123.0 (a pandas export) alike
         except (TypeError, ValueError):
             raise UserError(f"{where}: {f.tokens_field!r} is not a whole number: {raw_tokens!r}") from None
         if tokens is None:

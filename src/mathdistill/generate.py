@@ -33,10 +33,11 @@ from .cache import CallCache, NewCall
 from .client import ChatClientConfig, ChatRequest, RunStats, plan_requests, request_keys, run_requests, split_think
 from .config import StageConfig
 from .errors import PartialRun, UserError
-from .io import Tally, file_sha256, iter_raw, package_versions, prepare_out_dir, write_json, write_jsonl
+from .io import Tally, file_sha256, get_path, iter_raw, package_versions, path_beside, prepare_out_dir, write_json, write_jsonl
 from .progress import info
 from .prompts import instruction_for, messages
-from .records import Problem, Trace, detect_lang, stable_id
+from .records import (FieldMap, Problem, Trace, detect_lang, read_problems, render_question, request_error,
+                      split_reasoning, stable_id)
 
 __all__ = ["GenerateConfig", "ReferenceNoise", "generate", "split_think", "reference_traces", "noisy_reference_traces",
            "generate_out_dir"]
@@ -83,7 +84,13 @@ class GenerateConfig(ChatClientConfig):
     reference_think: bool = Field(False, description="reference backend: write each chain as <think>working</think> "
                                   "then its final answer line, as teacher outputs with inline think tags look")
     output_field: str = Field("output", description="--from-file: field with the teacher's output "
-                              "(inline <think>...</think> is split off into the reasoning)")
+                              "(inline <think>...</think>, SkyThought's and <reasoning> tags are split off into the reasoning)")
+    finish_reason_field: str | None = Field(None, description="--from-file: field with the stop reason (length = "
+                                            "truncated); unset: the nearest finish_reason beside --output-field "
+                                            "(response.body.choices.0.finish_reason in an OpenAI Batch output)")
+    question_template: str | None = Field(None, description="build each question from several fields of a problems "
+                                          "or --from-file row, e.g. \"{question}\\n\\nOptions:\\n{options}\" "
+                                          "(lists become A. ..., B. ... lines); unset: --question-field alone")
     reference_noise: ReferenceNoise | None = Field(None, description="reference backend: SIMULATED teacher errors "
                                                    "(a test bed for curation, not teacher outputs); with it, "
                                                    "`samples` samples per problem (without it, one)")
@@ -232,17 +239,15 @@ def noisy_reference_traces(probs: Iterable[Problem], noise: "ReferenceNoise", sa
     return out, log
 
 
-def read_problem_file(path: str | Path, tally: Tally) -> list[Problem]:
-    """Problem JSONL; invalid rows and repeated ids are counted with file:line, the first of an id kept."""
-    probs, seen = [], set()
-    for where, rec in iter_raw(path, tally):
-        try:
-            p = Problem.model_validate(rec)
-        except ValueError as e:
-            tally.add("invalid_problem", f"{where}: {str(e).splitlines()[1] if len(str(e).splitlines()) > 1 else e}")
-            continue
+def read_problem_file(path: str | Path, tally: Tally, question_template: str | None = None) -> list[Problem]:
+    """Problems from any supported file, read as ``curate`` and ``eval`` read them (records.read_problems: ids
+    and answers may be numbers, extra columns are ignored); bad rows and repeated ids are counted with
+    file:line, the first of an id kept."""
+    probs, seen, wheres = [], set(), []
+    read = read_problems(path, FieldMap(), tally, question_template, wheres)
+    for p, where in zip(read, wheres):
         if p.id in seen:
-            tally.add("duplicate_id", f"{where}: {p.id}")
+            tally.add("duplicate_id", f"{where}: {p.id} (the first one is kept)")
             continue
         seen.add(p.id)
         probs.append(p)
@@ -352,28 +357,23 @@ def model_traces(cfg: GenerateConfig, probs: list[Problem], out: Path) -> tuple[
     return traces, failures, stats, interrupted
 
 
-def _get(rec: dict[str, Any], path: str) -> Any:
-    """``rec[path]``, or a dotted path into nested objects and lists (``response.body.choices.0.message``)."""
-    if path in rec:
-        return rec[path]
-    cur: Any = rec
-    for part in path.split("."):
-        if isinstance(cur, dict):
-            cur = cur.get(part)
-        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
-            cur = cur[int(part)]
-        else:
-            return None
-        if cur is None:
-            return None
-    return cur
-
-
 def _text(v: Any) -> str | None:
     if v is None:
         return None
     s = v if isinstance(v, str) else str(v)
     return s.strip() or None
+
+
+def _finish_reason(cfg: GenerateConfig, rec: dict[str, Any]) -> str | None:
+    """The stop reason of the same choice as the output: ``--finish-reason-field``, else the nearest
+    ``finish_reason`` beside ``--output-field``."""
+    if cfg.finish_reason_field:
+        return _text(get_path(rec, cfg.finish_reason_field))
+    for path in path_beside(cfg.output_field, "finish_reason"):
+        v = _text(get_path(rec, path))
+        if v is not None:
+            return v
+    return None
 
 
 def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Problem] | None,
@@ -386,13 +386,21 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
     samples: dict[str, int] = {}
     teacher = cfg.model or f"import:{Path(from_file).name}"
     traces = []
-    for where, rec in iter_raw(from_file, tally):
-        output = _get(rec, cfg.output_field)
+    for where, rec in iter_raw(from_file, tally, duplicates=True):  # a resubmitted batch: counted, not a sample
+        output = get_path(rec, cfg.output_field)
         if not isinstance(output, (str, int, float)) or not str(output).strip():
-            tally.add("missing_output", f"{where}: no text in {cfg.output_field!r}")
+            err = request_error(rec)
+            if err:
+                tally.add("request_failed", f"{where}: {err}")
+            else:
+                tally.add("missing_output", f"{where}: no text in {cfg.output_field!r}")
             continue
-        q = _text(_get(rec, cfg.question_field))
-        pid = _text(_get(rec, cfg.id_field))
+        if cfg.question_template:
+            q, missing = render_question(cfg.question_template, rec)
+            q_what = f"{', '.join(map(repr, missing))} for --question-template"
+        else:
+            q, q_what = _text(get_path(rec, cfg.question_field)), f"{cfg.question_field!r} field"
+        pid = _text(get_path(rec, cfg.id_field))
         if by_id is not None:
             p = by_id.get(pid) if pid else None
             p = p or (by_q.get(" ".join(q.split())) if q else None)
@@ -401,23 +409,23 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
                 continue
         else:
             if q is None:
-                tally.add("missing_question", f"{where}: no {cfg.question_field!r} field")
+                tally.add("missing_question", f"{where}: no {q_what}")
                 continue
             pid = pid or stable_id(q)
             p = made.get(pid)
             if p is None:
-                p = made[pid] = Problem(id=pid, question=q, answer=_text(_get(rec, cfg.answer_field)),
+                p = made[pid] = Problem(id=pid, question=q, answer=_text(get_path(rec, cfg.answer_field)),
                                         lang=detect_lang(q), source="import")
             elif " ".join(p.question.split()) != " ".join(q.split()):
                 tally.add("conflicting_id", f"{where}: id {pid!r} already has another question")
                 continue
-        inline, content = split_think(str(output))
-        field_r = _text(_get(rec, cfg.reasoning_field))
+        inline, content = split_reasoning(str(output))
+        field_r = _text(get_path(rec, cfg.reasoning_field))
         reasoning = "\n".join(x for x in (field_r, inline) if x) or None
         sample = samples.get(p.id, 0)
         samples[p.id] = sample + 1
         traces.append(Trace(problem_id=p.id, teacher=teacher, sample=sample, reasoning=reasoning, content=content,
-                            finish_reason=_text(rec.get("finish_reason"))))
+                            finish_reason=_finish_reason(cfg, rec)))
     return traces, list(made.values())
 
 
@@ -435,7 +443,7 @@ def generate(cfg: GenerateConfig, problems_path: str | Path | None, out_dir: str
     t0 = time.monotonic()
     if problems_path is None and from_file is None:
         raise UserError("generate needs --problems FILE (or --from-file EXPORT to import a teacher's outputs)")
-    probs = read_problem_file(problems_path, tally) if problems_path is not None else None
+    probs = read_problem_file(problems_path, tally, cfg.question_template) if problems_path is not None else None
     summary: dict[str, Any] = {"backend": "import" if from_file else cfg.backend}
     failures: list[dict[str, Any]] = []
     interrupted = False

@@ -69,14 +69,64 @@ def check_readable(path: str | Path, what: str = "input file") -> Path:
     return p
 
 
-def iter_raw(path: str | Path, tally: Tally, count_blank: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
+def get_path(rec: dict[str, Any], path: str) -> Any:
+    """``rec[path]`` when the record has that key (a column named ``a.b`` stays reachable), else a dotted path
+    into nested objects and lists (``response.body.choices.0.message.content``; ``-1`` is the last item).
+    None when any part is missing. The one field reader of ``generate --from-file`` and ``curate``."""
+    if path in rec:
+        return rec[path]
+    cur: Any = rec
+    for part in path.split("."):
+        if isinstance(cur, dict):
+            cur = cur.get(part)
+        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return None
+        if cur is None:
+            return None
+    return cur
+
+
+def path_beside(path: str, name: str) -> list[str]:
+    """Where a field ``name`` may sit next to the field at ``path``, nearest first:
+    ``response.body.choices.0.message.content`` -> ``response.body.choices.0.message.finish_reason``,
+    ``response.body.choices.0.finish_reason``, ... ``finish_reason`` (so the stop reason read is the same
+    choice's as the content's)."""
+    parts = path.split(".")
+    return [".".join([*parts[:i], name]) for i in range(len(parts) - 1, -1, -1)]
+
+
+def iter_raw(path: str | Path, tally: Tally, count_blank: bool = False,
+             duplicates: bool = False) -> Iterator[tuple[str, dict[str, Any]]]:
     """Yield ``(where, record)`` for every row of a JSONL/JSON/CSV/Parquet file.
 
     ``where`` is ``file:line`` (JSONL, CSV) or ``file:#index`` (JSON arrays, Parquet).
     Lines that are not a JSON object are counted under ``bad_json`` / ``not_an_object``; with
-    ``count_blank``, empty lines too (``blank_line``). A BOM, CRLF line ends and a BOM left in the
-    middle of concatenated exports are read as if absent.
+    ``count_blank``, empty lines too (``blank_line``); with ``duplicates``, a record equal to an earlier one
+    (an exact repeated line: the same export or batch output appended twice) is counted under
+    ``duplicate_line`` and not yielded. A BOM, CRLF line ends and a BOM left in the middle of concatenated
+    exports are read as if absent. A ``.json`` file holding JSON Lines (``Dataset.to_json`` writes those)
+    is read as JSON Lines, however long its records.
     """
+    rows = _iter_raw(path, tally, count_blank)
+    if not duplicates:
+        yield from rows
+        return
+    import hashlib
+
+    seen: dict[bytes, str] = {}
+    for where, rec in rows:
+        key = hashlib.blake2b(json.dumps(rec, sort_keys=True, ensure_ascii=False, default=str).encode(),
+                              digest_size=16).digest()
+        first = seen.setdefault(key, where)
+        if first is not where:
+            tally.add("duplicate_line", f"{where}: same record as {first}")
+            continue
+        yield where, rec
+
+
+def _iter_raw(path: str | Path, tally: Tally, count_blank: bool) -> Iterator[tuple[str, dict[str, Any]]]:
     p = check_readable(path)
     suffix = p.suffix.lower()
     if suffix in (".jsonl", ".ndjson") or (suffix == ".json" and _looks_like_jsonl(p)):
@@ -135,9 +185,26 @@ def iter_raw(path: str | Path, tally: Tally, count_blank: bool = False) -> Itera
 
 
 def _looks_like_jsonl(p: Path) -> bool:
+    """JSON Lines, not one JSON document: the first two non-blank lines each start an object and the first
+    (or, when the first line is broken, the second) is a whole JSON object by itself. Lines are read whole,
+    so a 100 KB first record (an R1 trace) is judged like a short one; a pretty-printed document's first line
+    is ``[`` or ``{`` alone, and a file of one object on one line stays a document (``{"data": [...]}``)."""
+    lines: list[str] = []
     with p.open("r", encoding="utf-8-sig", errors="replace") as fh:
-        head = fh.read(4096).lstrip()
-    return head.startswith("{") and "\n{" in head.replace("\r\n", "\n")
+        for line in fh:
+            line = line.strip().lstrip("\ufeff")
+            if line:
+                lines.append(line)
+                if len(lines) == 2:
+                    break
+    if len(lines) < 2 or not (lines[0].startswith("{") and lines[1].startswith("{")):
+        return False
+    for line in lines:
+        try:
+            return isinstance(json.loads(line), dict)
+        except json.JSONDecodeError:
+            continue
+    return False
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -226,7 +293,11 @@ def write_parquet(path: str | Path, rows: list[dict[str, Any]]) -> int:
 # ------------------------------------------------------------------------------ training-set files
 # Each format: the file it writes and the dataset_info.json entry LLaMA-Factory reads it with.
 
-ALPACA_COLUMNS = {"prompt": "instruction", "query": "input", "response": "output"}
+# LLaMA-Factory renders an Alpaca row as system = the ``system`` column, user = ``prompt`` + "\n" + ``query``
+# (AlpacaDatasetConverter). Ours carry the system prompt in ``instruction`` and the question in ``input``, and
+# mathdistill's train and eval render them as system / user: so ``instruction`` is named the system column and
+# ``input`` the prompt, with no query (an unnamed column is None there), and both render the same turns.
+ALPACA_COLUMNS = {"prompt": "input", "system": "instruction", "response": "output"}
 DATASET_FORMATS = {
     "alpaca_json": ("dataset.json", {"formatting": "alpaca", "columns": ALPACA_COLUMNS}),
     "alpaca_jsonl": ("dataset.jsonl", {"formatting": "alpaca", "columns": ALPACA_COLUMNS}),

@@ -40,7 +40,7 @@ from .errors import UserError
 from .io import Tally, read_json, write_json
 from .models import DEFAULT_STUDENT, load, resolve
 from .progress import bar, info
-from .prompts import messages
+from .prompts import alpaca_rows, messages
 
 CHECKPOINTS = "checkpoints"
 RESUME_KEYS = ("base_model", "method", "finetune", "teacher", "learning_rate", "epochs", "max_steps", "lora_r",
@@ -583,9 +583,7 @@ def train(cfg: TrainConfig, dataset_path: str | Path, out_dir: str | Path, resum
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device, dtype = _device_and_dtype(cfg)
-    rows = read_json(dataset_path)
-    if not isinstance(rows, list) or not rows:
-        raise UserError(f"{dataset_path}: expected a non-empty JSON list of Alpaca rows (instruction, input, output)")
+    rows = alpaca_rows(read_json(dataset_path), dataset_path)  # a LLaMA-Factory-style file: rendered as it renders it
     set_seed(cfg.seed)
     spec = resolve(cfg.base_model)
     # LoRA on a GPU keeps the frozen base in bf16; full fine-tuning keeps fp32 master weights under bf16 autocast

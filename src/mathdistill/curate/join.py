@@ -1,0 +1,102 @@
+"""The input join: a traces file (any field names, dotted paths) matched to problems by id, or by the question
+a trace carries; every unusable line counted with file:line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..io import Tally, get_path, iter_raw, path_beside
+from ..records import Problem, detect_lang, read_problems, render_question, request_error, stable_id, whole_number
+from .config import CurateConfig
+from .rows import Row
+
+
+def _text_field(rec: dict[str, Any], name: str, where: str, tally: Tally) -> tuple[str | None, bool]:
+    """(text, ok): None when absent or null; not ok when it is not text (a list, a dict)."""
+    v = get_path(rec, name)
+    if v is None:
+        return None, True
+    if isinstance(v, str):
+        return v, True
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return str(v), True
+    tally.add(f"bad_field: {name}", f"{where}: a {type(v).__name__}")
+    return None, False
+
+
+def _clean_text(s: str, tally: Tally) -> str:
+    if "\r" in s or "\ufeff" in s:
+        tally.add("normalized: crlf_or_bom_in_text")
+        s = s.replace("\r\n", "\n").replace("\r", "\n").replace("\ufeff", "")
+    return s
+
+
+def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str | Path], tally: Tally) -> list[Row]:
+    probs: dict[str, Problem] = {}
+    for pp in problems_paths:
+        for p in read_problems(pp, cfg.problem_fields, tally, question_template=cfg.question_template):
+            if p.id in probs:
+                tally.add("duplicate_problem_id", f"{pp}: {p.id} (the later one is used)")
+            probs[p.id] = p
+    f = cfg.trace_fields
+    rows: list[Row] = []
+    samples: dict[str, int] = {}
+    seen: dict[tuple, str] = {}  # exact repeats of a named sample -> the file:line of the first
+    beside = [x for x in path_beside(f.content_field, "finish_reason") if x != f.finish_reason_field]
+    for where, rec in iter_raw(traces_path, tally, count_blank=True):
+        pid, ok = _text_field(rec, f.problem_id_field, where, tally)
+        question, _ = _text_field(rec, f.question_field, where, tally)
+        if cfg.question_template:
+            question = render_question(cfg.question_template, rec)[0] or question
+        pid = pid.strip() if pid else None
+        if pid is None and question and question.strip():
+            pid = stable_id(question.strip())
+        if pid is None:
+            tally.add(f"null_field: {f.problem_id_field}" if ok else "bad_trace_record", where)
+            continue
+        p = probs.get(pid)
+        if p is None and question and question.strip():
+            ref, _ = _text_field(rec, f.answer_field, where, tally)
+            q = _clean_text(question.strip(), tally)
+            p = probs[pid] = Problem(id=pid, question=q, answer=(ref or "").strip() or None, lang=detect_lang(q),
+                                     source=str(rec.get("source") or "user"))
+        if p is None:
+            tally.add("unknown_problem_id", f"{where}: {pid}")
+            continue
+        content, ok = _text_field(rec, f.content_field, where, tally)
+        if not ok:
+            continue
+        if content is None:
+            err = request_error(rec)
+            if err:  # an OpenAI Batch output line whose request failed: no sample at all
+                tally.add("request_failed", f"{where}: {err}")
+                continue
+            tally.add(f"null_field: {f.content_field}", where)
+            content = ""
+        reasoning, _ = _text_field(rec, f.reasoning_field, where, tally)
+        finish, _ = _text_field(rec, f.finish_reason_field, where, tally)
+        for path in beside if finish is None else ():  # the same choice's stop reason as the content's
+            finish = _text_field(rec, path, where, tally)[0]
+            if finish is not None:
+                break
+        raw = get_path(rec, f.sample_field)
+        try:
+            sample = whole_number(raw)
+        except (TypeError, ValueError):
+            sample = None
+        explicit = sample is not None and sample >= 0
+        if not explicit:
+            if raw is not None:
+                tally.add(f"bad_field: {f.sample_field}", f"{where}: {raw!r} (numbered in file order)")
+            sample = samples.get(pid, 0)
+        samples[pid] = max(samples.get(pid, 0), sample + 1)
+        if explicit or "custom_id" in rec:  # a line that names its sample (or its batch request) twice, same text:
+            key = (pid, sample if explicit else rec["custom_id"], content, reasoning)  # the file appended again
+            first = seen.setdefault(key, where)
+            if first is not where:
+                tally.add("duplicate_line", f"{where}: same sample as {first}")
+                continue
+        rows.append(Row(len(rows), where, pid, sample, finish, p, _clean_text(content, tally),
+                        _clean_text(reasoning, tally) if reasoning else None))
+    return rows
