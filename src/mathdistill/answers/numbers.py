@@ -1,0 +1,136 @@
+"""Plain numbers as exact fractions: parsing an answer string, comparing two, and the last number of a text."""
+
+from __future__ import annotations
+
+import re
+from fractions import Fraction
+from functools import lru_cache
+from typing import NamedTuple
+
+MAX_DIGITS = 60  # a "number" with more digits than this is not an answer anybody wrote on purpose
+
+_NUM = r"(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?|\.\d+"  # 1,234.5 | 1234 | .5
+_CURRENCY = r"(?:\$|€|£|¥|￥|元|USD|US\$|RMB|CNY|EUR|GBP)"
+_PERCENT = r"(?:\s*%|\s*percent\b|\s*per\s*cent\b|\s*个百分点)"
+# a plain number answer: sign, currency, number, then a mixed/simple fraction, then percent
+PLAIN = re.compile(
+    rf"(?P<sign>[-+])?\s*(?:{_CURRENCY}\s*)?(?P<sign2>-)?\s*(?P<num>{_NUM})"
+    rf"(?:\s*/\s*(?P<den>{_NUM})|\s+(?P<mnum>\d+)\s*/\s*(?P<mden>\d+))?"
+    rf"(?P<pct>{_PERCENT})?", re.I)
+_FRAC_TEX = re.compile(r"(?P<sign>-)?\s*(?P<whole>\d+)?\s*\\frac\s*(?:\{\s*(?P<n>-?\d+(?:\.\d+)?)\s*\}|(?P<n1>\d))"
+                       r"\s*(?:\{\s*(?P<d>-?\d+(?:\.\d+)?)\s*\}|(?P<d1>\d))(?P<pct>%)?")
+# 3.2 \times 10^{-5}, 3.2 x 10^5, 3.2e-5
+_SCI = re.compile(r"(?P<sign>-)?\s*(?P<m>\d+(?:\.\d+)?)\s*(?:(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*(?P<e>[-+]?\d{1,3})\s*\}?"
+                  r"|[eE](?P<e2>[-+]?\d{1,3}))")
+_LAST_NUM = re.compile(rf"(?P<neg>-\s?)?(?P<num>{_NUM})(?:\s*/\s*(?P<den>\d+)(?![\d.]))?(?P<pct>\s?%)?")
+
+
+class Num(NamedTuple):
+    value: Fraction  # as written: "25%" -> 25
+    pct: bool  # written with a percent sign (or "percent")
+    places: int  # decimals written ("0.33" -> 2)
+
+
+def _places(s: str) -> int:
+    m = re.search(r"\.(\d+)", s)
+    return len(m.group(1)) if m else 0
+
+
+@lru_cache(maxsize=1 << 16)
+def parse_number(s: str) -> Num | None:
+    """A whole answer string as an exact number, or None when it is anything else (an expression, text)."""
+    s = s.strip()
+    if len(s) > 2 * MAX_DIGITS:
+        return None
+    m = PLAIN.fullmatch(s)
+    if m:
+        num = m.group("num").replace(",", "")
+        v = Fraction(num)
+        if m.group("den"):
+            den = Fraction(m.group("den").replace(",", ""))
+            if den == 0:
+                return None
+            v = v / den
+        elif m.group("mnum"):  # mixed number "1 1/2"
+            mden = int(m.group("mden"))
+            if mden == 0 or "." in num:
+                return None
+            v = v + Fraction(int(m.group("mnum")), mden)
+        if (m.group("sign") == "-") != (m.group("sign2") == "-"):
+            v = -v
+        return Num(v, bool(m.group("pct")), _places(num) if not (m.group("den") or m.group("mnum")) else 0)
+    m = _FRAC_TEX.fullmatch(s)
+    if m:
+        n = Fraction(m.group("n") or m.group("n1"))
+        d = Fraction(m.group("d") or m.group("d1"))
+        if d == 0:
+            return None
+        v = n / d + int(m.group("whole") or 0)
+        return Num(-v if m.group("sign") else v, bool(m.group("pct")), 0)
+    m = _SCI.fullmatch(s)
+    if m:
+        v = Fraction(m.group("m")) * Fraction(10) ** int(m.group("e") or m.group("e2"))
+        return Num(-v if m.group("sign") else v, False, 0)
+    return None
+
+
+def _terminates(v: Fraction) -> bool:
+    d = v.denominator
+    for p in (2, 5):
+        while d % p == 0:
+            d //= p
+    return d == 1
+
+
+def _close(a: Num, av: Fraction, b: Num, bv: Fraction) -> bool:
+    """Exact equality, or a decimal written with >= 2 places that rounds the other side's non-terminating value."""
+    if av == bv:
+        return True
+    for x, xv, yv in ((a, av, bv), (b, bv, av)):
+        if x.places >= 2 and not _terminates(yv) and abs(xv - yv) <= Fraction(1, 2 * 10 ** x.places):
+            return True
+    return False
+
+
+def numbers_equal(a: Num, b: Num) -> bool:
+    """Percent rules: ``25%`` equals ``25`` and ``0.25``; ``25%`` vs ``0.25%`` compares 25 with 0.25."""
+    if a.pct == b.pct:
+        return _close(a, a.value, b, b.value)
+    p, q = (a, b) if a.pct else (b, a)
+    return _close(p, p.value, q, q.value) or _close(p, p.value / 100, q, q.value)
+
+
+_TEX_FRAC_IN_TEXT = re.compile(r"(-\s?)?\\[dt]?frac\{(\d+)\}\{(\d+)\}")
+_WORD_BEFORE = re.compile(r"(?:[A-Za-z]{2,}|[\u3400-\u9fff])$")
+
+
+def _is_sign(text: str, start: int) -> bool:
+    """Is the ``-`` at ``text[start]`` a sign (not a minus between two terms)?"""
+    before = text[:start]
+    stripped = before.rstrip()
+    if not stripped:
+        return True
+    last = stripped[-1]
+    if last.isdigit() or last in ")]}|!" or (last.isalpha() and last.isascii() and not _WORD_BEFORE.search(stripped)):
+        return False  # "3 - 6", "(a+b) - 2", "x - 7": a minus between terms
+    if _WORD_BEFORE.search(stripped):
+        return stripped is not before  # "is -7": a word, a space, then a sign
+    return True  # "= -3", "(-2", ": -5"
+
+
+def last_number(text: str) -> str | None:
+    """The last number in ``text``: ``-`` counts as a sign where it is not a minus between terms ("is -7"
+    keeps it, "3 - 6" does not); ``a/b`` stays a fraction. None when there is none, or it has too many digits."""
+    found = None
+    for m in _LAST_NUM.finditer(text):
+        found = m
+    if found is None:
+        return None
+    m = found
+    if len(m.group("num")) > MAX_DIGITS:
+        return None
+    neg = bool(m.group("neg")) and _is_sign(text, m.start())
+    out = ("-" if neg else "") + m.group("num").replace(",", "")
+    if m.group("den"):
+        out += "/" + m.group("den")
+    return out + ("%" if m.group("pct") else "")

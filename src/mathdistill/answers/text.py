@@ -1,0 +1,166 @@
+"""Text clean-up before an answer is looked for: width, ``<think>``, what follows the answer, LaTeX shorthand.
+
+Every function here is a pure ``str -> str`` (or a test on a string) and runs in time linear in its input,
+so the grader's fast path stays fast and a pathological output cannot hang it.
+"""
+
+from __future__ import annotations
+
+import re
+
+# full-width ASCII block (digits, letters, ％＄，．：（）＋－ ...) -> ASCII; odd spaces and minus signs -> ASCII
+_WIDTH = {c: c - 0xFEE0 for c in range(0xFF01, 0xFF5F)}
+_WIDTH.update({0x3000: " ", 0x00A0: " ", 0x2009: " ", 0x202F: " ", 0x2212: "-", 0xFE63: "-", 0x2044: "/",
+               0x2013: "-"})
+_WIDTH_TABLE = str.maketrans(_WIDTH)
+
+
+def to_ascii(text: str) -> str:
+    """Full-width digits and punctuation (``１２，３４５．５％``), odd spaces and the minus sign ``−`` as ASCII."""
+    return text if text.isascii() else text.translate(_WIDTH_TABLE)
+
+
+# ------------------------------------------------------------------------------------ hidden reasoning
+
+_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
+_HAS_THINK = re.compile(r"think>", re.I)
+_THOUGHT_END = "<|end_of_thought|>"  # Sky-T1 / Bespoke style: <|begin_of_thought|> ... <|end_of_thought|>
+
+
+def strip_think(text: str) -> str:
+    """Remove ``<think>...</think>`` blocks, an unclosed ``<think>`` and what follows it, and anything
+    before a stray ``</think>``; text before ``<|end_of_thought|>`` (Sky-T1 style) is reasoning too."""
+    if "<|" in text and _THOUGHT_END in text:
+        text = text[text.rfind(_THOUGHT_END) + len(_THOUGHT_END):]
+    if not _HAS_THINK.search(text):
+        return text
+    text = _THINK_BLOCK.sub("", text)
+    low = text.lower()
+    if "</think>" in low:
+        text = text[low.rfind("</think>") + len("</think>"):]
+    low = text.lower()
+    if "<think>" in low:
+        text = text[: low.find("<think>")]
+    return text
+
+
+# ------------------------------------------------------------------------- text after the answer
+
+# chat-template and end-of-text tokens: whatever follows one is not this answer
+_CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<|user|>",
+                "<|assistant|>", "<|end_of_solution|>", "<｜end▁of▁sentence｜>", "</s>", "<|start_header_id|>")
+# a new turn or a new few-shot question at the start of a line
+_NEW_TURN = re.compile(r"\n[ \t]*(?:#+\s*)?(?:\*\*)?(?:Question|Human|User|Problem|Q|问题|题目|用户)(?:\*\*)?\s*(?:\d+\s*)?[:：]")
+
+
+def cut_tail(text: str) -> str:
+    """``text`` up to a chat-template token or a new few-shot turn ("Question:", "Human:", "问题：") that
+    follows some content: a model that runs on is graded on what it wrote before."""
+    if "<" in text:
+        for tok in _CHAT_TOKENS:
+            i = text.find(tok)
+            while i >= 0 and not text[:i].strip():  # a token before any content: skip it
+                text = text[i + len(tok):]
+                i = text.find(tok)
+            if i > 0:
+                text = text[:i]
+    if "\n" in text:
+        for m in _NEW_TURN.finditer(text):
+            if text[: m.start()].strip():
+                return text[: m.start()]
+    return text
+
+
+# ------------------------------------------------------------------------------------ boxed answers
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), braces balanced; ``\\boxed 5`` too."""
+    idx = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
+    if idx < 0:
+        return None
+    rest = text[idx + (6 if text.startswith("\\boxed", idx) else 5):]
+    m = re.match(r"\s*\{", rest)
+    if not m:
+        bare = re.match(r"\s+([^\s$]+)", rest)  # "\boxed 5"
+        return bare.group(1) if bare else None
+    depth = 0
+    for j in range(m.end() - 1, len(rest)):
+        if rest[j] == "{":
+            depth += 1
+        elif rest[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return rest[m.end(): j].strip()
+    return None  # unbalanced: the output was cut
+
+
+def max_depth(s: str) -> int:
+    """Deepest brace/bracket nesting in ``s``."""
+    d = best = 0
+    for ch in s:
+        if ch in "{([":
+            d += 1
+            best = max(best, d)
+        elif ch in "})]":
+            d -= 1
+    return best
+
+
+# ----------------------------------------------------------------------------------- LaTeX shorthand
+
+_ARG = r"(\{[^{}]*\}|\\[A-Za-z]+|[0-9A-Za-z])"  # one argument: {group}, a command, or one character
+_FRAC_SHORT = re.compile(r"\\[dt]?frac\s*" + _ARG + r"\s*" + _ARG)
+_SQRT_SHORT = re.compile(r"\\sqrt\s*(?![\s{\[])" + _ARG)
+_SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
+_SUP_RUN = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺]+")
+
+
+def _braced(arg: str) -> str:
+    return arg if arg.startswith("{") else "{" + arg + "}"
+
+
+def expand_shorthand(s: str) -> str:
+    """``\\frac34``, ``\\frac{3}4``, ``\\dfrac``, ``\\tfrac`` -> ``\\frac{3}{4}``; ``\\sqrt5`` -> ``\\sqrt{5}``;
+    Unicode superscripts ``10⁻⁵`` -> ``10^{-5}``, ``×``/``·`` -> ``\\times``/``\\cdot``."""
+    if "\\" in s:
+        if "frac" in s:
+            s = _FRAC_SHORT.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
+        if "\\sqrt" in s:
+            s = _SQRT_SHORT.sub(lambda m: "\\sqrt" + _braced(m.group(1)), s)
+    if not s.isascii():
+        s = _SUP_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPT) + "}", s)
+        s = s.replace("×", "\\times ").replace("·", "\\cdot ").replace("÷", "/").replace("√", "\\sqrt")
+    return s
+
+
+# ------------------------------------------------------------------------------------ no answer given
+
+# an output that stops on one of these was cut mid-chain: its last number is not an answer
+_CUT_END = re.compile(
+    r"(?:[-+*/=^_(\[{<,:\\&]|\\(?:cdot|times|div|pm|mp|d?frac|sqrt|left|right|cos|sin|tan|cot|log|ln|sum|prod|int|quad|le|ge|leq|geq|neq|"
+    r"approx|equiv|in|cup|cap|begin|binom)|\b(?:so|thus|therefore|hence|then|is|are|be|"
+    r"equals?|gives?|get|of|to|the|a|an|and|or|that|we|with|by|for|as|because|since|which|where|becomes)"
+    r"|所以|因此|则|得|即|为|是)\s*$", re.I)
+_OPENERS = (("\\(", "\\)"), ("\\[", "\\]"), ("\\begin{", "\\end{"))
+_UNDETERMINED = re.compile(
+    r"can ?not be (?:uniquely )?determined|can't be (?:uniquely )?determined|(?:not|insufficient) enough information|"
+    r"insufficient information|impossible to (?:determine|tell)|无法(?:确定|判断|求出|计算)|不能确定|条件不足", re.I)
+
+
+def looks_cut(text: str) -> bool:
+    """Does ``text`` stop mid-chain: inside a formula (``\\(`` or ``\\[`` left open, a LaTeX command), on an
+    operator, a comma or colon, or on a word such as "so" / "the" that must be followed by more?"""
+    tail = text[-600:].rstrip()
+    if not tail:
+        return False
+    if _CUT_END.search(tail[-40:]):
+        return True
+    for o, c in _OPENERS:
+        if tail.rfind(o) > tail.rfind(c):
+            return True
+    return False
+
+
+def says_undetermined(text: str) -> bool:
+    """Does the end of ``text`` say the answer cannot be determined?"""
+    return bool(_UNDETERMINED.search(text[-400:]))
