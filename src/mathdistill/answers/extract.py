@@ -30,7 +30,7 @@ _EN_PHRASE = re.compile(
 _ZH_PHRASE = re.compile(r"(?:最终答案|最后答案|答案)\s*(?:\*\*)?\s*(?:应该是|应为|是|为|[:=])\s*(?:\*\*)?\s*:?|最终答案")
 _HASHES = re.compile(r"####\s*")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|\\left|\\right|\\displaystyle")
+_SPACING = re.compile(r"(?<!\\)\\[,;: ]|\\quad|\\qquad|\\left|\\right|\\displaystyle")
 _DEGREE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree")
 _MARKDOWN = re.compile(r"\*\*|__|`")
 _SIMPLE = re.compile(r"\s*(-?\d+(?:\.\d+)?)\s*[.。]?\s*")
@@ -45,6 +45,9 @@ _LEAD = " \t;；,，!！:：、"  # not ".": ".25" is a number
 # what may follow a number in an answer without making it an expression: unit words, CJK, a clause
 _UNIT_TAIL = re.compile(r"(?:\s*[.,;:]?\s+[A-Za-z\u3400-\u9fff(]|\s*[\u3400-\u9fff]|[A-Za-z]{2,}|\s*\(|\s+[A-Za-z]\b)")
 _ASSIGN = re.compile(r"\s*([A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=]+?)\s*")
+# what a value is assigned to: x, x_1, a_{n}, f(x), g(2), \theta, (x, y), AB
+_NAME = re.compile(r"\s*(?:[A-Za-z]{1,2}(?:_\{?\w+\}?)?(?:\([^()]*\))?|\\[A-Za-z]+|\([A-Za-z,\s]+\))\s*")
+_VAR = re.compile(r"\s*[A-Za-z]\s*")
 _LIST_SEP = re.compile(r"\s*(?:,|;|\band\b|\bor\b|和|或|及)\s*")
 _WORD_LIST = re.compile(r"\s+(?:and|or)\s+|\s*(?:和|或)\s*")
 _IN_SET = re.compile(r"^[A-Za-z]\s*\\in\s*")
@@ -78,8 +81,8 @@ def _equation_answer(s: str) -> str:
             values = ", ".join((a.group(2) if a else p).strip() for a, p in zip(assigns, parts))
             return values if len(names) == 1 else f"({values})"
     lhs, rhs = s.rsplit("=", 1)
-    if _has_var(lhs) and _has_var(rhs) and s.count("=") == 1:
-        return s
+    if s.count("=") == 1 and _has_var(lhs) and (not _NAME.fullmatch(lhs) or (_VAR.fullmatch(lhs) and _has_var(rhs))):
+        return s  # "2x + y = 0", "y = -2x": an equation (a line, a plane), not a value
     return rhs.strip().strip(_TRAIL)
 
 
@@ -101,7 +104,7 @@ def clean_answer(span: str | None) -> str | None:
     if not s.isascii():
         s = zh_numbers(expand_shorthand(s))
     if "\\" in s:
-        s = _unwrap(expand_shorthand(s)).replace("\\%", "%").replace("\\$", "$")
+        s = _unwrap(expand_shorthand(s)).replace("\\%", "%").replace("\\$", "$").replace("\\!", "")
         s = _DELIMS.sub(" ", _SPACING.sub(" ", s))
     if "*" in s or "_" in s or "`" in s:
         s = _MARKDOWN.sub("", s)

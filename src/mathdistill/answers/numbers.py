@@ -113,7 +113,7 @@ def _is_sign(text: str, start: int) -> bool:
     last = stripped[-1]
     if last.isdigit() or last in ")]}|!" or (last.isalpha() and last.isascii() and not _WORD_BEFORE.search(stripped)):
         return False  # "3 - 6", "(a+b) - 2", "x - 7": a minus between terms
-    if _WORD_BEFORE.search(stripped):
+    if last.isascii() and _WORD_BEFORE.search(stripped):
         return stripped is not before  # "is -7": a word, a space, then a sign
     return True  # "= -3", "(-2", ": -5"
 

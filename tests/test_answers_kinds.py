@@ -1,0 +1,309 @@
+"""The grader by kind of answer, as (output, reference, expected) tables in the Math-Verify style.
+
+One table per family of fault the grader once had; each has rows that must be accepted and look-alike rows
+that must not (a grader that says "correct" too often is as wrong as one that says it too rarely), in English
+and in Chinese. The expected value is what a careful person would say.
+"""
+
+import time
+
+import pytest
+
+from mathdistill.answers import extract_answer, grade, is_correct
+
+# --- LaTeX shorthand: \frac34, \frac{3}4, \sqrt5, \dfrac, \tfrac
+SHORTHAND = [
+    (r"$\frac34$", "3/4", True),
+    (r"$\frac{3}4$", r"\frac{3}{4}", True),
+    (r"$\frac3{4}$", "0.75", True),
+    (r"The answer is $2\sqrt5$.", r"2\sqrt{5}", True),
+    (r"\boxed{\dfrac{1}{3}}", r"\frac13", True),
+    (r"\boxed{\tfrac{5}{2}}", "2.5", True),
+    (r"So the ratio is $\frac13$.", r"\frac{1}{3}", False),  # no box, no answer phrase: its last number, 13
+    (r"答案是 $\frac34$", "3/4", True),
+    (r"所以答案为 $\sqrt3$。", r"\sqrt{3}", True),
+    (r"\boxed{\frac{\sqrt3}2}", r"\frac{\sqrt{3}}{2}", True),
+    # look-alikes
+    (r"$\frac34$", "34", False),
+    (r"$\frac43$", "3/4", False),
+    (r"$2\sqrt5$", r"2\sqrt{3}", False),
+    (r"The answer is $\sqrt52$.", r"\sqrt{52}", False),  # \sqrt52 is \sqrt{5}\cdot 2
+    (r"Final answer: $\frac13$", "13", False),
+    (r"答案是 $\frac{1}{3}$", "3", False),
+]
+
+# --- leading-dot decimals (in the reference or the output)
+LEADING_DOT = [
+    ("The answer is 0.25.", ".25", True),
+    (r"\boxed{.35625}", "0.35625", True),
+    ("#### .5", "1/2", True),
+    ("答案是 0.25", ".25", True),
+    ("The answer is 0.25.", ".26", False),
+    ("The answer is 25.", ".25", False),
+    ("答案是 0.52", ".25", False),
+]
+
+# --- a sign after words stays a sign; a minus between terms does not
+SIGN = [
+    ("so the least value is -7.", "-7", True),
+    ("Thus the minimum equals -12", "-12", True),
+    ("The temperature dropped to -3 degrees.", "-3", True),
+    ("所以最小值是 -7。", "-7", True),
+    ("最小值为－５", "-5", True),
+    ("so the least value is -7.", "7", False),
+    ("We get 10 - 7", "-7", False),
+    ("最小值是 7", "-7", False),
+]
+
+# --- intervals and inequalities
+INTERVALS = [
+    (r"\boxed{-3 < x \le 4}", "(-3, 4]", True),
+    (r"\boxed{x \ge 2}", r"[2, \infty)", True),
+    (r"\boxed{(-\infty, 2) \cup (3, \infty)}", r"(-\infty,2)\cup(3,\infty)", True),
+    (r"The solution set is $\boxed{[1, 5]}$.", "[1,5]", True),
+    (r"答案是 $x \in [-2, 7]$", "[-2,7]", True),
+    (r"\boxed{-3 < x < 4}", "(-3, 4]", False),
+    (r"\boxed{x > 2}", r"[2, \infty)", False),
+    (r"\boxed{[1, 5)}", "[1,5]", False),
+    (r"答案是 $(1, 5)$", "[1,5]", False),
+]
+
+# --- sets and lists, in any order; "x = a and x = b"
+LISTS = [
+    (r"The solutions are $x = -1$ and $x = 6$, so \boxed{x = -1 \text{ and } x = 6}", "-1, 6", True),
+    (r"\boxed{6, -1}", "-1, 6", True),
+    (r"\boxed{x=-1, x=6}", "-1,6", True),
+    (r"\boxed{\{3, 1, 2\}}", r"\{1,2,3\}", True),
+    ("答案是 -1 和 6", "-1, 6", True),
+    (r"\boxed{-1 \text{ or } 6}", "6, -1", True),
+    (r"\boxed{x = -1}", "-1, 6", False),
+    (r"\boxed{-1, 5}", "-1, 6", False),
+    (r"\boxed{-1, 6, 7}", "-1, 6", False),
+    ("答案是 -1 和 5", "-1, 6", False),
+]
+
+# --- \pm answers
+PLUS_MINUS = [
+    (r"\boxed{4 \pm \sqrt3}", r"4+\sqrt{3}, 4-\sqrt{3}", True),
+    (r"\boxed{4-\sqrt{3}, 4+\sqrt{3}}", r"4 \pm \sqrt{3}", True),
+    (r"所以 $x = \boxed{1 \pm \sqrt{2}}$", r"1+\sqrt2,1-\sqrt2", True),
+    (r"\boxed{4 + \sqrt3}", r"4 \pm \sqrt{3}", False),
+    (r"\boxed{4 \pm \sqrt2}", r"4+\sqrt{3}, 4-\sqrt{3}", False),
+]
+
+# --- points and tuples (order matters)
+POINTS = [
+    (r"\boxed{(1, -2)}", "(1,-2)", True),
+    (r"The point is $(x, y) = (3, 4)$, so \boxed{(3,4)}", "(3, 4)", True),
+    (r"\boxed{(1,\ -16,\ -4,\ 43)}", "(1,-16,-4,43)", True),
+    (r"\boxed{(\frac{1}{2}, 3)}", "(0.5, 3)", True),
+    (r"答案是 $(2, 5)$", "(2,5)", True),
+    (r"\boxed{(-2, 1)}", "(1,-2)", False),
+    (r"\boxed{(1, 2)}", "(1,-2)", False),
+    (r"\boxed{(1, -16, 4, 43)}", "(1,-16,-4,43)", False),
+]
+
+# --- matrices and vectors written with \frac or /
+MATRICES = [
+    (r"\boxed{\begin{pmatrix} \frac{1}{5} \\ -\frac{18}{5} \end{pmatrix}}", r"\begin{pmatrix} 1/5 \\ -18/5 \end{pmatrix}", True),
+    (r"\boxed{\begin{pmatrix} -1 & 0 \\ 0 & -1 \end{pmatrix}}", r"\begin{pmatrix} -1 & 0 \\ 0 & -1 \end{pmatrix}", True),
+    (r"\boxed{\begin{bmatrix} 0.5 \\ 2 \end{bmatrix}}", r"\begin{pmatrix} 1/2 \\ 2 \end{pmatrix}", True),
+    (r"\boxed{\begin{pmatrix} 1/5 \\ 18/5 \end{pmatrix}}", r"\begin{pmatrix} 1/5 \\ -18/5 \end{pmatrix}", False),
+    (r"\boxed{\begin{pmatrix} 0 & -1 \\ -1 & 0 \end{pmatrix}}", r"\begin{pmatrix} -1 & 0 \\ 0 & -1 \end{pmatrix}", False),
+]
+
+# --- equations: the same line or plane written differently is the same answer
+EQUATIONS = [
+    (r"\boxed{2x + y = 0}", "y = -2x", True),
+    (r"\boxed{y = -2x}", "y = -2x", True),
+    (r"\boxed{4x - 2y + 6z - 8 = 0}", "2x - y + 3z = 4", True),
+    (r"\boxed{y = \frac{1}{2}x + 3}", "y = 0.5x + 3", True),
+    (r"答案是 $y = 2x + 1$", "y=2x+1", True),
+    (r"\boxed{y = 2x}", "y = -2x", False),
+    (r"\boxed{2x + y = 1}", "y = -2x", False),
+    (r"\boxed{2x - y + 3z = 5}", "2x - y + 3z = 4", False),
+    (r"\boxed{x = 5}", "5", True),
+    (r"\boxed{x = 6}", "5", False),
+]
+
+# --- \text{...} words
+TEXT_WORDS = [
+    (r"\boxed{\text{even}}", r"\text{even}", True),
+    (r"The function is \boxed{\text{odd}}.", r"\text{odd}", True),
+    (r"\boxed{\text{Evelyn}}", r"\text{Evelyn}", True),
+    (r"\boxed{\textbf{ellipse}}", r"\text{ellipse}", True),
+    (r"\boxed{\text{neither}}", r"\text{odd}", False),
+    (r"\boxed{\text{odd}}", r"\text{even}", False),
+    ("答案是小红", r"\text{小明}", False),
+]
+
+# --- multiple choice: the final anchored letter decides
+CHOICES = [
+    ("The answer is (B).", "(B)", True),
+    (r"\boxed{\text{(D) } 12}", "D", True),
+    (r"\boxed{\text{(D) } 12}", r"\text{(D)}", True),
+    ("**Answer: C**", "C", True),
+    ("A is wrong because the area is too small, and B overcounts. So the answer is C.", "C", True),
+    ("故选 A", "A", True),
+    ("选项 B 错误，选项 C 正确，故选：C", "(C)", True),
+    ("答案为 B", r"\text{(B)}", True),
+    ("Option D is correct.", "D", True),
+    ("(B)", "B", True),
+    (r"\boxed{E}", r"\text{(E)}", True),
+    # look-alikes: an earlier mention, a different letter, the wrong value
+    ("A is wrong because the area is too small, and B overcounts. So the answer is C.", "A", False),
+    ("**Answer: C**", "B", False),
+    ("故选 A", "B", False),
+    ("选项 A 错误。答案为 D", "A", False),
+    (r"\boxed{\text{(D) } 12}", "C", False),
+    ("The answer is (B).", r"\text{(E)}", False),
+]
+
+# --- Chinese number words and forms, full-width digits and signs
+CHINESE = [
+    ("答案是十二", "12", True),
+    ("答案是三分之二", r"\frac{2}{3}", True),
+    ("答案：1.2万", "12000", True),
+    ("答案是3又1/4", r"\frac{13}{4}", True),
+    ("答案是百分之二十", "20%", True),
+    ("答案是负三", "-3", True),
+    ("答案是零点五", "0.5", True),
+    ("答案是１２３", "123", True),
+    ("答案是－７", "-7", True),
+    ("一共有二十一个学生", "21", True),
+    (r"\boxed{两千零五十}", "2050", True),
+    ("答案是十二", "21", False),
+    ("答案是三分之二", r"\frac{3}{2}", False),
+    ("答案：1.2万", "1200", False),
+    ("答案是3又1/4", r"\frac{3}{4}", False),
+    ("答案是负三", "3", False),
+    ("答案是１２３", "1234", False),
+]
+
+# --- units and symbols inside the answer
+UNITS = [
+    (r"\boxed{45^\circ}", "45", True),
+    (r"\boxed{45°}", r"45^\circ", True),
+    (r"\boxed{12\text{ cm}}", "12", True),
+    (r"\boxed{12元}", "12", True),
+    (r"\boxed{5.4 \text{ cents}}", r"5.4 \text{ cents}", True),
+    ("The answer is 3.2 × 10⁻⁵.", r"3.2\times10^{-5}", True),
+    (r"\boxed{3.2 \times 10^{-5}}", "0.000032", True),
+    (r"\boxed{\frac{270}{7}\text{ degrees}}", r"\frac{270}7\text{ degrees}", True),
+    (r"\boxed{\$18.90}", r"\$18.90", True),
+    (r"\boxed{10,\!080}", "10080", True),
+    ("答案是 12 厘米", "12", True),
+    (r"\boxed{46^\circ}", "45", False),
+    (r"\boxed{12\text{ cm}^2}", "13", False),
+    ("The answer is 3.2 × 10⁻⁴.", r"3.2\times10^{-5}", False),
+    (r"\boxed{13元}", "12", False),
+]
+
+# --- percent vs fraction vs decimal
+PERCENT = [
+    (r"\boxed{25\%}", "0.25", True),
+    (r"\boxed{25\%}", r"\frac{1}{4}", True),
+    ("The answer is 25%.", "25", True),
+    ("答案是 25%", "25%", True),
+    (r"\boxed{2.5\%}", "25", False),
+    (r"\boxed{0.25\%}", "25%", False),
+]
+
+# --- text after the answer that is not the answer
+AFTER_ANSWER = [
+    ("3 + 4 = 7. The answer is 7.\n\nQuestion: Tom has 5 apples and eats 2. How many are left?\nAnswer: 3", "7", True),
+    ("So she pays 12 dollars.\n\nQuestion: What is 6 * 7?", "12", True),
+    ("The answer is 8.<|im_end|>\n<|im_start|>user\nNow solve 2+2. The answer is 4.", "8", True),
+    ("#### 15<|endoftext|>Human: what is 3+3?\nAssistant: #### 6", "15", True),
+    ("x = 9, so the answer is 9.\n\nHuman: and 10 + 1?\n\nAssistant: 11", "9", True),
+    ("所以答案是 5。\n问题：小明有 3 个苹果，吃了 1 个，还剩几个？\n答案是 2", "5", True),
+    ("3 + 4 = 7. The answer is 7.\n\nQuestion: Tom has 5 apples and eats 2. How many are left?\nAnswer: 3", "3", False),
+    ("The answer is 8.<|im_end|>\n<|im_start|>user\nNow solve 2+2. The answer is 4.", "4", False),
+    ("所以答案是 5。\n问题：小明有 3 个苹果，吃了 1 个，还剩几个？\n答案是 2", "2", False),
+]
+
+# --- no answer given: cut mid-chain, "cannot be determined"
+NO_ANSWER = [
+    ("First 5 + 7 = 12, and then 12 +", "12", False),
+    ("We have 3 * 4 = 12, so", "12", False),
+    ("Adding them up: 12 + 30 = 42. Therefore,", "42", False),
+    (r"The total is \( 12 \times", "12", False),
+    ("The remaining cost is:", "7", False),
+    ("So x = 4 and the value is 8, therefore the answer cannot be determined.", "8", False),
+    ("所以 3 + 5 = 8，因此", "8", False),
+    ("由 x = 2 得到的结果无法确定", "2", False),
+    ("Total MST weight: 5 + 3 + 5 = 13.", "13", True),  # a finished sentence is an answer
+    ("所以一共 8 个。", "8", True),
+]
+
+FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,
+            "lists": LISTS, "plus_minus": PLUS_MINUS, "points": POINTS, "matrices": MATRICES,
+            "equations": EQUATIONS, "text_words": TEXT_WORDS, "choices": CHOICES, "chinese": CHINESE,
+            "units": UNITS, "percent": PERCENT, "after_answer": AFTER_ANSWER, "no_answer": NO_ANSWER}
+ROWS = [pytest.param(o, r, e, id=f"{fam}-{i}") for fam, rows in FAMILIES.items() for i, (o, r, e) in enumerate(rows)]
+
+
+@pytest.mark.parametrize("output,reference,expected", ROWS)
+def test_grader_by_kind(output, reference, expected):
+    assert is_correct(output, reference) is expected
+
+
+RULES = [
+    # (output, reference, finish_reason, correct, rule)
+    ("#### 18", "18", None, True, "fast path: string"),
+    ("The answer is 18.00", "18", None, True, "fast path: number"),
+    (r"\boxed{\sqrt{12}}", r"2\sqrt{3}", None, True, "math-verify"),
+    ("So the answer is C.", "(C)", None, True, "choice letter"),
+    ("First 5 + 7 = 12, and then 12 +", "12", None, False, "no answer: truncated"),
+    ("The answer is 18.", "18", "length", False, "no answer: token limit"),
+    ("It cannot be determined from 3 and 4.", "4", None, False, "no answer: cannot be determined"),
+    ("", "4", None, False, "no answer: empty"),
+    ("The answer is 18.", "18", "stop", True, "fast path: string"),
+]
+
+
+@pytest.mark.parametrize("output,reference,finish_reason,correct,rule", RULES)
+def test_grade_says_which_rule_decided(output, reference, finish_reason, correct, rule):
+    g = grade(output, reference, finish_reason=finish_reason)
+    assert (g.correct, g.rule) == (correct, rule)
+
+
+def test_grade_result_is_frozen_and_carries_the_answer():
+    g = grade(r"So $\boxed{\frac34}$.", "0.75")
+    assert (g.answer, g.correct) == (r"\frac{3}{4}", True)
+    with pytest.raises(AttributeError):
+        g.correct = False
+
+
+EXTRACTED = [
+    ("so the least value is -7.", "-7"),
+    (r"$\frac13$", r"\frac{1}{3}"),
+    (r"The answer is $\frac13$.", r"\frac{1}{3}"),
+    ("The answer is 8.<|im_end|>\n<|im_start|>user\nThe answer is 4.", "8"),
+    ("First 5 + 7 = 12, and then 12 +", None),
+    ("故选 B", "B"),
+    ("答案是三分之二", "2/3"),
+    ("The answer is 3.2 × 10⁻⁵.", r"3.2 \times 10^{-5}"),
+]
+
+
+@pytest.mark.parametrize("text,expected", EXTRACTED)
+def test_extract_answer_by_kind(text, expected):
+    assert extract_answer(text) == expected
+
+
+PATHOLOGICAL = [
+    "7" * 50_000,
+    r"\boxed{" + "{" * 5_000 + "1" + "}" * 5_001,
+    "{" * 20_000 + "5" + "}" * 20_000,
+    r"\boxed{" + r"\frac{" * 60 + "1" + "}{2}" * 60 + "}",
+]
+
+
+@pytest.mark.parametrize("output", PATHOLOGICAL, ids=["digits", "boxed-braces", "braces", "nested-frac"])
+def test_pathological_output_is_no_answer_within_the_timeout(output):
+    t0 = time.monotonic()
+    g = grade(output, "7")
+    assert time.monotonic() - t0 < 5
+    assert (g.answer, g.correct) == (None, False)
+    assert g.rule.startswith("no answer")
