@@ -19,7 +19,7 @@ SHORTHAND = [
     (r"The answer is $2\sqrt5$.", r"2\sqrt{5}", True),
     (r"\boxed{\dfrac{1}{3}}", r"\frac13", True),
     (r"\boxed{\tfrac{5}{2}}", "2.5", True),
-    (r"So the ratio is $\frac13$.", r"\frac{1}{3}", False),  # no box, no answer phrase: its last number, 13
+    (r"So the ratio is $\frac13$.", r"\frac{1}{3}", True),  # a short output ending on a formula: the formula
     (r"答案是 $\frac34$", "3/4", True),
     (r"所以答案为 $\sqrt3$。", r"\sqrt{3}", True),
     (r"\boxed{\frac{\sqrt3}2}", r"\frac{\sqrt{3}}{2}", True),
@@ -80,6 +80,23 @@ LISTS = [
     (r"\boxed{-1, 5}", "-1, 6", False),
     (r"\boxed{-1, 6, 7}", "-1, 6", False),
     ("答案是 -1 和 5", "-1, 6", False),
+]
+
+# --- side-by-side boxes, answer phrases followed by more text, a short sentence ending on a formula
+FORMS = [
+    (r"$\boxed{1}\boxed{2}$", "1,2", True),
+    (r"so $n = \boxed{1}$ or $n = \boxed{-2}$", "1, -2", True),
+    (r"First \boxed{3}. Then, correcting myself, \boxed{4}", "4", True),
+    ("Final Answer: The final answer is $(0, 1)$. I hope it is correct.", "(0, 1)", True),
+    ("Final Answer: The final answer is $(0, 1)$. I hope it is correct.", "[0, 1)", False),
+    ("Final Answer: Jane started growing Sphere 3 hours ago. I hope it is correct.", "3", True),
+    (r"Final Answer: The final answer is $14{,}916$. I hope it is correct.", "14916", True),
+    (r"Therefore $x \geq 5$ is the solution.", "x >= 5", True),
+    (r"We find that $x \lt 3$.", "x < 3", True),
+    (r"Therefore $x \geq 5$ is the solution.", "x <= 5", False),
+    (r"is $\boxed{32, 349}$", "32349", False),
+    (r"is $\boxed{32,\! 349}$", "32349", True),
+    ("最终答案：$\\frac{1}{2}$。希望正确。", "0.5", True),
 ]
 
 # --- \pm answers
@@ -237,7 +254,7 @@ NO_ANSWER = [
 ]
 
 FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,
-            "lists": LISTS, "plus_minus": PLUS_MINUS, "points": POINTS, "matrices": MATRICES,
+            "lists": LISTS, "forms": FORMS, "plus_minus": PLUS_MINUS, "points": POINTS, "matrices": MATRICES,
             "equations": EQUATIONS, "text_words": TEXT_WORDS, "choices": CHOICES, "chinese": CHINESE,
             "units": UNITS, "percent": PERCENT, "after_answer": AFTER_ANSWER, "no_answer": NO_ANSWER}
 ROWS = [pytest.param(o, r, e, id=f"{fam}-{i}") for fam, rows in FAMILIES.items() for i, (o, r, e) in enumerate(rows)]

@@ -15,14 +15,16 @@ from functools import lru_cache
 from .chinese import zh_numbers
 from .choice import output_choice
 from .numbers import MAX_DIGITS, PLAIN, last_number
-from .text import cut_tail, expand_shorthand, last_boxed, looks_cut, max_depth, says_undetermined, strip_think, to_ascii
+from .text import cut_tail, expand_shorthand, final_boxes, looks_cut, max_depth, says_undetermined, strip_think, to_ascii
 
 MAX_TEXT_CHARS = 20_000  # extraction looks at the last this-many characters of an output
 MAX_ANSWER_CHARS = 400  # a longer box is no answer (a reference is cut here instead)
 MAX_DEPTH = 40  # braces nested deeper than this: malformed, no answer
 
 # why extraction found what it found (grade() turns the failures into rules)
-BOXED, PHRASE, CHOICE, WHOLE, LAST_NUMBER = "boxed", "answer phrase", "choice", "whole output", "last number"
+BOXED, PHRASE, CHOICE, WHOLE, FORMULA, LAST_NUMBER = ("boxed", "answer phrase", "choice", "whole output",
+                                                      "last formula", "last number")
+SHORT_OUTPUT = 400  # an output this short that ends on a formula is answered by that formula
 EMPTY, TRUNCATED, UNDETERMINED, TOO_LONG, NONE_FOUND = "empty", "truncated", "cannot be determined", "too long", "none found"
 
 _EN_PHRASE = re.compile(
@@ -104,7 +106,10 @@ def clean_answer(span: str | None) -> str | None:
     if not s.isascii():
         s = zh_numbers(expand_shorthand(s))
     if "\\" in s:
-        s = _unwrap(expand_shorthand(s)).replace("\\%", "%").replace("\\$", "$").replace("\\!", "")
+        s = _unwrap(expand_shorthand(s)).replace("\\%", "%").replace("\\$", "$")
+        s = re.sub(r"\\!\s*", "", s)
+    if "{,}" in s:
+        s = s.replace("{,}", ",")  # 14{,}916
         s = _DELIMS.sub(" ", _SPACING.sub(" ", s))
     if "*" in s or "_" in s or "`" in s:
         s = _MARKDOWN.sub("", s)
@@ -141,7 +146,11 @@ def clean_answer(span: str | None) -> str | None:
 
 
 def _glued(s: str, m: re.Match) -> bool:
-    return m.start() > 0 and (s[m.start() - 1].isalnum() and s[m.start() - 1].isascii())
+    """Is the number glued to a word before it ("AZYUK2A", "x2")?"""
+    i = m.start()
+    while i < m.end() and s[i].isspace():
+        i += 1
+    return i > 0 and (s[i - 1].isalnum() and s[i - 1].isascii())
 
 
 def _plain_text(m: re.Match) -> str:
@@ -154,14 +163,32 @@ def _plain_text(m: re.Match) -> str:
     return out + ("%" if m.group("pct") else "")
 
 
+_MATH_OPEN = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+_SENTENCE_END = re.compile(r"[.!?。]\s+(?=[A-Z])|[。！？]")
+
+
+def _first_part(line: str) -> str:
+    """An answer line up to the end of its first formula when it starts with one ("$(0, 1)$. I hope it is
+    correct."), else up to the end of its first sentence."""
+    s = line.lstrip()
+    for o, c in _MATH_OPEN:
+        if s.startswith(o):
+            j = s.find(c, len(o))
+            if j > 0:
+                return s[: j + len(c)]
+            break
+    m = _SENTENCE_END.search(s)
+    return s[: m.start()] if m else s
+
+
 def _after(text: str, m: re.Match) -> str:
-    """The rest of the line after a phrase, or the next non-empty line when the phrase ends its line."""
+    """The rest of the line after a phrase (its first formula or sentence), or the next non-empty line
+    when the phrase ends its line."""
     rest = text[m.end():]
     line, _, more = rest.partition("\n")
-    if line.strip():
-        return line
-    nxt = next((ln for ln in more.split("\n") if ln.strip()), "")
-    return nxt
+    if not line.strip():
+        line = next((ln for ln in more.split("\n") if ln.strip()), "")
+    return _first_part(line)
 
 
 def _accept(ans: str | None) -> bool:
@@ -182,6 +209,21 @@ def _answer_only(text: str) -> bool:
     return all(c in _ZH_ANSWER_CHARS for c in re.findall(r"[\u3400-\u9fff]", t))
 
 
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$([^$]+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
+_AFTER_FORMULA = re.compile(r"[\s.,;:!?]*(?:[A-Za-z][A-Za-z ,']{0,40})?[.!?]?\s*")
+
+
+def _last_formula(text: str) -> str | None:
+    """The last ``$...$`` / ``\\(...\\)`` / ``\\[...\\]`` of a short output when only a few words without
+    digits follow it ("Therefore $x \\geq 5$ is the solution.")."""
+    last = None
+    for m in _MATH_SPAN.finditer(text):
+        last = m
+    if last is None or not _AFTER_FORMULA.fullmatch(text, last.end()):
+        return None
+    return next(g for g in last.groups() if g is not None)
+
+
 def prepare(text: str) -> str:
     """The part of an output that is graded: before any chat token or new turn, outside ``<think>``, ASCII width."""
     return to_ascii(strip_think(cut_tail(text[-4 * MAX_TEXT_CHARS:])[-MAX_TEXT_CHARS:]))
@@ -199,7 +241,7 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
         return None, EMPTY
     if text.count("{") > 200 and max_depth(text) > MAX_DEPTH:
         return None, TOO_LONG
-    boxed = last_boxed(text)
+    boxed = final_boxes(text)
     if boxed is not None:
         if len(boxed) > MAX_ANSWER_CHARS or max_depth(boxed) > MAX_DEPTH:
             return None, TOO_LONG
@@ -229,6 +271,10 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
         ans = clean_answer(body)
         if ans is not None:
             return ans, WHOLE
+    if len(body) <= SHORT_OUTPUT and ("$" in body or "\\" in body):
+        ans = clean_answer(_last_formula(body))
+        if ans is not None:
+            return ans, FORMULA
     if not re.search(r"\d", text[-2000:]) and re.search("[零一二两三四五六七八九十百千万]", text[-2000:]):
         text = zh_numbers(text[-2000:])  # a Chinese answer with its numbers in words
     ans = last_number(text)

@@ -94,6 +94,49 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced: the output was cut
 
 
+_BOX_GAP = re.compile(r"[\s,;$.]*(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)?[\s,;$]*(?:[A-Za-z]\s*=\s*)?")
+
+
+def _box_at(text: str, idx: int) -> tuple[str, int] | None:
+    """``(content, end)`` of the ``\\boxed{...}`` starting at ``idx``, or None when unbalanced."""
+    j = text.find("{", idx)
+    if j < 0 or text[idx + 6: j].strip():
+        return None
+    depth = 0
+    for k in range(j, len(text)):
+        if text[k] == "{":
+            depth += 1
+        elif text[k] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[j + 1: k].strip(), k + 1
+    return None
+
+
+def final_boxes(text: str) -> str | None:
+    """The last ``\\boxed{}``; when boxes stand side by side at the end (``\\boxed{1}, \\boxed{2}``), their
+    contents joined as a list (``1, 2``)."""
+    last = last_boxed(text)
+    if last is None or text.count("\\boxed") < 2:
+        return last
+    window = text[-3000:]
+    spans = []
+    i = window.find("\\boxed")
+    while i >= 0:
+        got = _box_at(window, i)
+        if got is not None:
+            spans.append((i, got[1], got[0]))
+        i = window.find("\\boxed", i + 6)
+    if len(spans) < 2 or spans[-1][2] != last:
+        return last
+    parts = [spans[-1]]
+    for prev in reversed(spans[:-1]):
+        if prev[1] > parts[0][0] or not _BOX_GAP.fullmatch(window[prev[1]: parts[0][0]]):
+            break
+        parts.insert(0, prev)
+    return ", ".join(p[2] for p in parts) if len(parts) > 1 else last
+
+
 def max_depth(s: str) -> int:
     """Deepest brace/bracket nesting in ``s``."""
     d = best = 0
