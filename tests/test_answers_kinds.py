@@ -324,3 +324,23 @@ def test_pathological_output_is_no_answer_within_the_timeout(output):
     assert time.monotonic() - t0 < 5
     assert (g.answer, g.correct) == (None, False)
     assert g.rule.startswith("no answer")
+
+
+def test_eval_writes_the_rule_and_counts_verdicts_per_rule():
+    from mathdistill.evaluate import grade_rule_counts, score_outputs
+    from mathdistill.records import Problem
+
+    probs = [Problem(id=f"p{i}", question="q", answer=a) for i, a in enumerate(["18", "(C)", "12", "7"])]
+    outs = [{"output": "#### 18", "tokens": 3, "finish_reason": "stop"},
+            {"output": "So the answer is B.", "tokens": 5, "finish_reason": "stop"},
+            {"output": "First 5 + 7 = 12, and then 12 +", "tokens": 9, "finish_reason": "stop"},
+            {"output": "The answer is 7.", "tokens": 4, "finish_reason": "length"}]
+    preds = score_outputs(probs, outs)
+    assert [(p.correct, p.grade_rule) for p in preds] == [
+        (True, "fast path: string"), (False, "choice letter"), (False, "no answer: truncated"),
+        (False, "no answer: token limit")]
+    assert preds[0].model_dump()["grade_rule"] == "fast path: string"  # a predictions.jsonl field
+    assert grade_rule_counts(preds) == {"fast path: string": {"correct": 1, "wrong": 0},
+                                        "choice letter": {"correct": 0, "wrong": 1},
+                                        "no answer: truncated": {"correct": 0, "wrong": 1},
+                                        "no answer: token limit": {"correct": 0, "wrong": 1}}
