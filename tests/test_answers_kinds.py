@@ -99,6 +99,20 @@ FORMS = [
     ("最终答案：$\\frac{1}{2}$。希望正确。", "0.5", True),
 ]
 
+# --- number forms: thousands separators and spaces, a decimal comma against a decimal point, numbers in words
+NUMBER_FORMS = [
+    ("The total is 7,425,000.", "7425000", True),
+    (r"\boxed{12,\!000,\!023}", "12000023", True),
+    ("1,22", "1.22", True),
+    ("0,111", "0.111", True),
+    ("Therefore, the probability that Alice wins is 2/3.", "2/3", True),
+    ("答案是 3/4。", "0.75", True),
+    ("AZYUK2A", "2", False),  # a digit inside a word is no answer
+    ("1,22", "1.23", False),
+    ("-2,1", "-2, 1", True),  # a list, not a decimal comma
+    ("The answer is 1,000", "1", False),
+]
+
 # --- \pm answers
 PLUS_MINUS = [
     (r"\boxed{4 \pm \sqrt3}", r"4+\sqrt{3}, 4-\sqrt{3}", True),
@@ -141,6 +155,9 @@ EQUATIONS = [
     (r"\boxed{2x - y + 3z = 5}", "2x - y + 3z = 4", False),
     (r"\boxed{x = 5}", "5", True),
     (r"\boxed{x = 6}", "5", False),
+    ("$11a+c$", "7 = 11a+c", False),  # an equation is not its right side
+    (r"\boxed{f(x) = x^2 + 1}", "x^2+1", True),
+    (r"答案：$y=-\frac{1}{2}x+\frac{3}{4}$", "2x+4y-3=0", True),
 ]
 
 # --- \text{...} words
@@ -254,7 +271,7 @@ NO_ANSWER = [
 ]
 
 FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,
-            "lists": LISTS, "forms": FORMS, "plus_minus": PLUS_MINUS, "points": POINTS, "matrices": MATRICES,
+            "lists": LISTS, "forms": FORMS, "number_forms": NUMBER_FORMS, "plus_minus": PLUS_MINUS, "points": POINTS, "matrices": MATRICES,
             "equations": EQUATIONS, "text_words": TEXT_WORDS, "choices": CHOICES, "chinese": CHINESE,
             "units": UNITS, "percent": PERCENT, "after_answer": AFTER_ANSWER, "no_answer": NO_ANSWER}
 ROWS = [pytest.param(o, r, e, id=f"{fam}-{i}") for fam, rows in FAMILIES.items() for i, (o, r, e) in enumerate(rows)]

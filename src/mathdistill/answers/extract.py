@@ -83,8 +83,12 @@ def _equation_answer(s: str) -> str:
             values = ", ".join((a.group(2) if a else p).strip() for a, p in zip(assigns, parts))
             return values if len(names) == 1 else f"({values})"
     lhs, rhs = s.rsplit("=", 1)
-    if s.count("=") == 1 and _has_var(lhs) and (not _NAME.fullmatch(lhs) or (_VAR.fullmatch(lhs) and _has_var(rhs))):
-        return s  # "2x + y = 0", "y = -2x": an equation (a line, a plane), not a value
+    if s.count("=") == 1:
+        lvar, rvar = _has_var(lhs), _has_var(rhs)
+        if lvar and not _NAME.fullmatch(lhs):
+            return s  # "2x + y = 0": an equation (a line, a plane), not a value
+        if rvar and (not lvar or _VAR.fullmatch(lhs)):
+            return s  # "y = -2x", "7 = 11a + c"
     return rhs.strip().strip(_TRAIL)
 
 
@@ -155,7 +159,9 @@ def _glued(s: str, m: re.Match) -> bool:
 
 def _plain_text(m: re.Match) -> str:
     neg = (m.group("sign") == "-") != (m.group("sign2") == "-")
-    out = ("-" if neg else "") + m.group("num").replace(",", "")
+    num = m.group("num")
+    # "0,111" is no thousands grouping: a decimal comma
+    out = ("-" if neg else "") + (num.replace(",", ".") if num.startswith("0,") else num.replace(",", ""))
     if m.group("den"):
         out += "/" + m.group("den").replace(",", "")
     elif m.group("mnum"):
@@ -217,6 +223,7 @@ def _last_formula(text: str) -> str | None:
     """The last ``$...$`` / ``\\(...\\)`` / ``\\[...\\]`` of a short output when only a few words without
     digits follow it ("Therefore $x \\geq 5$ is the solution.")."""
     last = None
+    text = text.replace("\\$", "  ")
     for m in _MATH_SPAN.finditer(text):
         last = m
     if last is None or not _AFTER_FORMULA.fullmatch(text, last.end()):

@@ -21,7 +21,7 @@ from functools import lru_cache
 from . import extract as ex
 from .choice import output_choice, reference_choice
 from .extract import as_answer, find_answer, prepare
-from .numbers import numbers_equal, parse_number
+from .numbers import decimal_comma, numbers_equal, parse_number
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,8 @@ def _compare(a: str, r: str, opts: GradeOptions, st: GradeStats) -> tuple[bool, 
         if _canon(a) == _canon(r):
             st.fast_string += 1
             return True, RULE_STRING
+    if "," in a or "," in r:
+        a, r = decimal_comma(a, r)
     na, nr = parse_number(a), parse_number(r)
     if na is not None and nr is not None:
         st.fast_number += 1

@@ -22,7 +22,7 @@ _FRAC_TEX = re.compile(r"(?P<sign>-)?\s*(?P<whole>\d+)?\s*\\frac\s*(?:\{\s*(?P<n
 # 3.2 \times 10^{-5}, 3.2 x 10^5, 3.2e-5
 _SCI = re.compile(r"(?P<sign>-)?\s*(?P<m>\d+(?:\.\d+)?)\s*(?:(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*(?P<e>[-+]?\d{1,3})\s*\}?"
                   r"|[eE](?P<e2>[-+]?\d{1,3}))")
-_LAST_NUM = re.compile(rf"(?P<neg>-\s?)?(?P<num>{_NUM})(?:\s*/\s*(?P<den>\d+)(?![\d.]))?(?P<pct>\s?%)?")
+_LAST_NUM = re.compile(rf"(?P<neg>-\s?)?(?P<num>{_NUM})(?:\s*/\s*(?P<den>\d+)(?!\.?\d))?(?P<pct>\s?%)?")
 
 
 class Num(NamedTuple):
@@ -118,15 +118,37 @@ def _is_sign(text: str, start: int) -> bool:
     return True  # "= -3", "(-2", ": -5"
 
 
+def _inside_word(text: str, m: re.Match) -> bool:
+    a, b = m.start(), m.end()
+    return 0 < a and b < len(text) and text[a - 1].isascii() and text[a - 1].isalpha() \
+        and text[b].isascii() and text[b].isalpha()
+
+
+_DECIMAL_COMMA = re.compile(r"-?\d+,\d+")
+
+
+def decimal_comma(a: str, b: str) -> tuple[str, str]:
+    """``1,22`` against ``1.22``: a single comma is read as a decimal point when the other side is a decimal
+    written with a point (a list ``1,2`` against an integer stays a list)."""
+    if _DECIMAL_COMMA.fullmatch(a) and re.fullmatch(r"-?\d*\.\d+", b) and not re.fullmatch(r"-?[1-9]\d{0,2}(,\d{3})+", a):
+        return a.replace(",", "."), b
+    if _DECIMAL_COMMA.fullmatch(b) and re.fullmatch(r"-?\d*\.\d+", a) and not re.fullmatch(r"-?[1-9]\d{0,2}(,\d{3})+", b):
+        return a, b.replace(",", ".")
+    return a, b
+
+
 def last_number(text: str) -> str | None:
     """The last number in ``text``: ``-`` counts as a sign where it is not a minus between terms ("is -7"
     keeps it, "3 - 6" does not); ``a/b`` stays a fraction. None when there is none, or it has too many digits."""
-    found = None
+    found = []
     for m in _LAST_NUM.finditer(text):
-        found = m
-    if found is None:
+        found.append(m)
+    # a number glued into a word on both sides ("AZYUK2A", "H2O") is not an answer
+    while found and _inside_word(text, found[-1]):
+        found.pop()
+    if not found:
         return None
-    m = found
+    m = found[-1]
     if len(m.group("num")) > MAX_DIGITS:
         return None
     neg = bool(m.group("neg")) and _is_sign(text, m.start())
