@@ -45,7 +45,8 @@ _DOLLARS_TEX = re.compile(r"\$+([^$]*[\\^{_][^$]*)\$+")
 _TRAIL = " \t.。;；,，!！:：、"
 _LEAD = " \t;；,，!！:：、"  # not ".": ".25" is a number
 # what may follow a number in an answer without making it an expression: unit words, CJK, a clause
-_UNIT_TAIL = re.compile(r"(?:\s*[.,;:]?\s+[A-Za-z\u3400-\u9fff(]|\s*[\u3400-\u9fff]|[A-Za-z]{2,}|\s*\(|\s+[A-Za-z]\b)")
+_UNIT_TAIL = re.compile(r"(?:\s*[.,;:]?\s+(?:[A-Za-z\u3400-\u9fff]|\((?=[A-Za-z\u3400-\u9fff]{2}))|\s*[\u3400-\u9fff]"
+                        r"|[A-Za-z]{2,}|\s+[A-Za-z]\b)")
 _ASSIGN = re.compile(r"\s*([A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=]+?)\s*")
 # what a value is assigned to: x, x_1, a_{n}, f(x), g(2), \theta, (x, y), AB
 _NAME = re.compile(r"\s*(?:[A-Za-z]{1,2}(?:_\{?\w+\}?)?(?:\([^()]*\))?|\\[A-Za-z]+|\([A-Za-z,\s]+\))\s*")
@@ -111,10 +112,9 @@ def clean_answer(span: str | None) -> str | None:
         s = zh_numbers(expand_shorthand(s))
     if "\\" in s:
         s = _unwrap(expand_shorthand(s)).replace("\\%", "%").replace("\\$", "$")
-        s = re.sub(r"\\!\s*", "", s)
+        s = _DELIMS.sub(" ", _SPACING.sub(" ", re.sub(r"\\!\s*", "", s)))
     if "{,}" in s:
         s = s.replace("{,}", ",")  # 14{,}916
-        s = _DELIMS.sub(" ", _SPACING.sub(" ", s))
     if "*" in s or "_" in s or "`" in s:
         s = _MARKDOWN.sub("", s)
     if "~" in s or "\xb0" in s or "\\" in s:
