@@ -191,6 +191,12 @@ CHOICES = [
     ("选项 A 错误。答案为 D", "A", False),
     (r"\boxed{\text{(D) } 12}", "C", False),
     ("The answer is (B).", r"\text{(E)}", False),
+    (r"The answer is $\boxed{\textbf{(C) }24}$", "C", True),
+    (r"The answer is $\boxed{24}$", r"\textbf{(C) }24", True),  # the option's value, no letter given
+    (r"The answer is $\boxed{25}$", r"\textbf{(C) }24", False),
+    ("I think the answer is B, but let me check. Actually the answer is C.", "B", False),
+    ("A选项错误，B选项错误，C选项正确，故选C", "A", False),
+    ("正确答案是 B 选项", "B", True),
 ]
 
 # --- Chinese number words and forms, full-width digits and signs
@@ -231,6 +237,13 @@ UNITS = [
     (r"\boxed{12\text{ cm}^2}", "13", False),
     ("The answer is 3.2 × 10⁻⁴.", r"3.2\times10^{-5}", False),
     (r"\boxed{13元}", "12", False),
+    (r"\boxed{5\,\text{cm}^2}", "5", True),
+    ("The angle is 45 degrees.", r"45^\circ", True),
+    (r"\boxed{30^\circ}", r"\frac{\pi}{6}", False),  # degrees are not radians
+    (r"\boxed{\frac{\pi}{6}}", r"30^\circ", False),
+    ("1.5 × 10⁶", "1500000", True),
+    ("x²+1", "x^2+1", True),
+    ("答案是1.5万元", "15000", True),
 ]
 
 # --- percent vs fraction vs decimal
@@ -241,6 +254,9 @@ PERCENT = [
     ("答案是 25%", "25%", True),
     (r"\boxed{2.5\%}", "25", False),
     (r"\boxed{0.25\%}", "25%", False),
+    ("The answer is 50%", r"\frac12", True),
+    ("The answer is 5%", "0.5", False),
+    ("答案是百分之五十", "0.5", True),
 ]
 
 # --- text after the answer that is not the answer
@@ -254,6 +270,9 @@ AFTER_ANSWER = [
     ("3 + 4 = 7. The answer is 7.\n\nQuestion: Tom has 5 apples and eats 2. How many are left?\nAnswer: 3", "3", False),
     ("The answer is 8.<|im_end|>\n<|im_start|>user\nNow solve 2+2. The answer is 4.", "4", False),
     ("所以答案是 5。\n问题：小明有 3 个苹果，吃了 1 个，还剩几个？\n答案是 2", "2", False),
+    ("The result is 42.</s><s>[INST] next [/INST] 7", "42", True),
+    ("The answer is 42.\nQ: What is 3+4?\nA: The answer is 7.", "42", True),
+    ("The answer is 42.\nQ: What is 3+4?\nA: The answer is 7.", "7", False),
 ]
 
 # --- no answer given: cut mid-chain, "cannot be determined"
@@ -268,6 +287,9 @@ NO_ANSWER = [
     ("由 x = 2 得到的结果无法确定", "2", False),
     ("Total MST weight: 5 + 3 + 5 = 13.", "13", True),  # a finished sentence is an answer
     ("所以一共 8 个。", "8", True),
+    (r"We get \(x = \frac{1}{2}", "1/2", False),
+    ("Let me compute: 12 + 30 = 42. So the total is", "42", False),
+    ("There is not enough information to determine x; if x = 3 then 3.", "3", False),
 ]
 
 FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,
