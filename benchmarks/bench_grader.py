@@ -35,6 +35,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "math500_outputs_sample.jsonl"
 def load_previous():
     spec = importlib.util.spec_from_file_location("grader_before_i14", Path(__file__).with_name("grader_before_i14.py"))
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up while the class is built
     spec.loader.exec_module(mod)
     return mod
 

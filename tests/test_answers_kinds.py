@@ -53,6 +53,8 @@ SIGN = [
     ("so the least value is -7.", "7", False),
     ("We get 10 - 7", "-7", False),
     ("最小值是 7", "-7", False),
+    (r"so $\tan x = \sec 40^\circ - 1$", "-1", False),  # after a LaTeX command: a minus between terms
+    (r"we get $\pi - 3$", "-3", False),
 ]
 
 # --- intervals and inequalities
@@ -290,6 +292,8 @@ NO_ANSWER = [
     (r"We get \(x = \frac{1}{2}", "1/2", False),
     ("Let me compute: 12 + 30 = 42. So the total is", "42", False),
     ("There is not enough information to determine x; if x = 3 then 3.", "3", False),
+    ("Maybe the answer is 5, which is\n\nLet me add the rest: 5 + 7 + 3 = 15, and 15 +", "5", False),  # tentative
+    ("答案是 8？再算一次：3 + 5 =", "8", False),
 ]
 
 FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,

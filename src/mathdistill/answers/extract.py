@@ -255,9 +255,12 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
         ans = clean_answer(boxed)
         if ans is not None:
             return ans, BOXED
+    cut = looks_cut(text)
     for pat, needle in ((_HASHES, "####"), (_EN_PHRASE, "nswer"), (_ZH_PHRASE, "答案")):
         if needle not in text and not (needle == "nswer" and "NSWER" in text):
             continue  # a substring test is much cheaper than the regex scan
+        if cut and needle != "####":
+            continue  # "the answer is ..." in a chain that went on and was cut: a tentative answer
         hits = list(pat.finditer(text))
         for m in reversed(hits[-3:]):  # the last one that holds an answer
             span = _after(text, m)
@@ -270,7 +273,7 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
         letter = output_choice(text)
         if letter is not None:
             return letter, CHOICE
-    if looks_cut(text):
+    if cut:
         return None, TRUNCATED
     if says_undetermined(text):
         return None, UNDETERMINED

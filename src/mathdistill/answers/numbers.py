@@ -101,21 +101,25 @@ def numbers_equal(a: Num, b: Num) -> bool:
 
 
 _TEX_FRAC_IN_TEXT = re.compile(r"(-\s?)?\\[dt]?frac\{(\d+)\}\{(\d+)\}")
-_WORD_BEFORE = re.compile(r"(?:[A-Za-z]{2,}|[\u3400-\u9fff])$")
+_WORD_BEFORE = re.compile(r"(?:[A-Za-z]{2,}|[\u3400-\u9fff])$")  # a word (or a CJK character) just before
 
 
-def _is_sign(text: str, start: int) -> bool:
-    """Is the ``-`` at ``text[start]`` a sign (not a minus between two terms)?"""
+def _is_sign(text: str, start: int, attached: bool) -> bool:
+    """Is the ``-`` at ``text[start]`` a sign (not a minus between two terms)? ``attached``: no space between
+    the ``-`` and the digits."""
     before = text[:start]
     stripped = before.rstrip()
     if not stripped:
         return True
     last = stripped[-1]
-    if last.isdigit() or last in ")]}|!" or (last.isalpha() and last.isascii() and not _WORD_BEFORE.search(stripped)):
+    word = _WORD_BEFORE.search(stripped)
+    if word and last.isascii():
+        # "is -7": an English word, a space, then a sign glued to the number; "\circ - 1", "\pi -1": a minus
+        command = stripped[: word.start()].endswith("\\")
+        return attached and stripped is not before and not command
+    if last.isdigit() or last in ")]}|!" or (last.isalpha() and last.isascii()):
         return False  # "3 - 6", "(a+b) - 2", "x - 7": a minus between terms
-    if last.isascii() and _WORD_BEFORE.search(stripped):
-        return stripped is not before  # "is -7": a word, a space, then a sign
-    return True  # "= -3", "(-2", ": -5"
+    return True  # "= -3", "(-2", ": -5", "为-5"
 
 
 def _inside_word(text: str, m: re.Match) -> bool:
@@ -151,7 +155,7 @@ def last_number(text: str) -> str | None:
     m = found[-1]
     if len(m.group("num")) > MAX_DIGITS:
         return None
-    neg = bool(m.group("neg")) and _is_sign(text, m.start())
+    neg = bool(m.group("neg")) and _is_sign(text, m.start(), m.group("neg") == "-")
     out = ("-" if neg else "") + m.group("num").replace(",", "")
     if m.group("den"):
         out += "/" + m.group("den")
