@@ -255,25 +255,28 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
         ans = clean_answer(boxed)
         if ans is not None:
             return ans, BOXED
-    cut = looks_cut(text)
+    cut = None  # looks_cut(text), computed when needed
     for pat, needle in ((_HASHES, "####"), (_EN_PHRASE, "nswer"), (_ZH_PHRASE, "答案")):
         if needle not in text and not (needle == "nswer" and "NSWER" in text):
             continue  # a substring test is much cheaper than the regex scan
-        if cut and needle != "####":
-            continue  # "the answer is ..." in a chain that went on and was cut: a tentative answer
         hits = list(pat.finditer(text))
         for m in reversed(hits[-3:]):  # the last one that holds an answer
+            if needle != "####" and m.start() < len(text) - 300:
+                cut = looks_cut(text) if cut is None else cut
+                if cut:
+                    break  # "the answer is ..." in a chain that went on and was cut: a tentative answer
             span = _after(text, m)
             if says_undetermined(span):
                 return None, UNDETERMINED
             ans = clean_answer(span)
             if _accept(ans):
                 return ans, PHRASE
-    if "选" in text[-200:] or "ption" in text[-200:] or "hoice" in text[-200:]:
+    end = text[-200:]
+    if "选" in end or "ption" in end or "hoice" in end:
         letter = output_choice(text)
         if letter is not None:
             return letter, CHOICE
-    if cut:
+    if looks_cut(text) if cut is None else cut:
         return None, TRUNCATED
     if says_undetermined(text):
         return None, UNDETERMINED

@@ -23,7 +23,6 @@ def to_ascii(text: str) -> str:
 # ------------------------------------------------------------------------------------ hidden reasoning
 
 _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.S | re.I)
-_HAS_THINK = re.compile(r"think>", re.I)
 _THOUGHT_END = "<|end_of_thought|>"  # Sky-T1 / Bespoke style: <|begin_of_thought|> ... <|end_of_thought|>
 
 
@@ -32,7 +31,7 @@ def strip_think(text: str) -> str:
     before a stray ``</think>``; text before ``<|end_of_thought|>`` (Sky-T1 style) is reasoning too."""
     if "<|" in text and _THOUGHT_END in text:
         text = text[text.rfind(_THOUGHT_END) + len(_THOUGHT_END):]
-    if not _HAS_THINK.search(text):
+    if "hink>" not in text and "HINK>" not in text:
         return text
     text = _THINK_BLOCK.sub("", text)
     low = text.lower()
@@ -53,21 +52,25 @@ _CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|
 _NEW_TURN = re.compile(r"\n[ \t]*(?:#+\s*)?(?:\*\*)?(?:Question|Human|User|Problem|Q|问题|题目|用户)(?:\*\*)?\s*(?:\d+\s*)?[:：]")
 
 
+_CHAT_RE = re.compile("|".join(re.escape(t) for t in _CHAT_TOKENS))
+
+
 def cut_tail(text: str) -> str:
     """``text`` up to a chat-template token or a new few-shot turn ("Question:", "Human:", "问题：") that
     follows some content: a model that runs on is graded on what it wrote before."""
-    if "<" in text:
-        for tok in _CHAT_TOKENS:
-            i = text.find(tok)
-            while i >= 0 and not text[:i].strip():  # a token before any content: skip it
-                text = text[i + len(tok):]
-                i = text.find(tok)
-            if i > 0:
-                text = text[:i]
+    if "<|" in text or "</s>" in text or "<｜" in text:
+        m = _CHAT_RE.search(text)
+        while m is not None and not text[: m.start()].strip():  # a token before any content: skip it
+            text = text[m.end():]
+            m = _CHAT_RE.search(text)
+        if m is not None:
+            text = text[: m.start()]
     if "\n" in text:
-        for m in _NEW_TURN.finditer(text):
+        m = _NEW_TURN.search(text)
+        while m is not None:
             if text[: m.start()].strip():
                 return text[: m.start()]
+            m = _NEW_TURN.search(text, m.end())
     return text
 
 
@@ -206,4 +209,8 @@ def looks_cut(text: str) -> bool:
 
 def says_undetermined(text: str) -> bool:
     """Does the end of ``text`` say the answer cannot be determined?"""
-    return bool(_UNDETERMINED.search(text[-400:]))
+    t = text[-400:]
+    if "etermin" not in t and "nformation" not in t and "mpossible" not in t and "无法" not in t \
+            and "不能确定" not in t and "条件不足" not in t:
+        return False  # substring tests first: much cheaper than the regex
+    return bool(_UNDETERMINED.search(t))
