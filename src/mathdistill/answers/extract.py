@@ -261,7 +261,7 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
             continue  # a substring test is much cheaper than the regex scan
         hits = list(pat.finditer(text))
         for m in reversed(hits[-3:]):  # the last one that holds an answer
-            if needle != "####" and m.start() < len(text) - 300:
+            if needle != "####" and m.end() < len(text) - 40:  # more text follows the phrase
                 cut = looks_cut(text) if cut is None else cut
                 if cut:
                     break  # "the answer is ..." in a chain that went on and was cut: a tentative answer
