@@ -113,6 +113,11 @@ NUMBER_FORMS = [
     ("1,22", "1.23", False),
     ("-2,1", "-2, 1", True),  # a list, not a decimal comma
     ("The answer is 1,000", "1", False),
+    ("The answer is twelve.", "12", True),
+    ("So the final answer is twenty-one", "21", True),
+    ("The answer is one hundred and five.", "105", True),
+    ("The answer is twelve.", "13", False),
+    ("The answer is twenty", "21", False),
 ]
 
 # --- \pm answers
@@ -246,6 +251,13 @@ UNITS = [
     ("1.5 × 10⁶", "1500000", True),
     ("x²+1", "x^2+1", True),
     ("答案是1.5万元", "15000", True),
+    ("The answer is 3½ cups.", "3.5", True),
+    ("答案是 2√3", r"2\sqrt{3}", True),
+    ("The answer is x ≥ 2", r"[2,\infty)", True),
+    ("x = 3 ± √2", r"3+\sqrt2, 3-\sqrt2", True),
+    ("The answer is 2π", r"2\pi", True),
+    ("The answer is 3½ cups.", "3.25", False),
+    ("The answer is x ≤ 2", r"[2,\infty)", False),
 ]
 
 # --- percent vs fraction vs decimal

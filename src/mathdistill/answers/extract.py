@@ -14,7 +14,7 @@ from functools import lru_cache
 
 from .chinese import zh_numbers
 from .choice import output_choice
-from .numbers import MAX_DIGITS, PLAIN, last_number
+from .numbers import MAX_DIGITS, PLAIN, last_number, words_number
 from .text import cut_tail, expand_shorthand, final_boxes, looks_cut, max_depth, says_undetermined, strip_think, to_ascii
 
 MAX_TEXT_CHARS = 20_000  # extraction looks at the last this-many characters of an output
@@ -132,6 +132,10 @@ def clean_answer(span: str | None) -> str | None:
         return None
     if (" and " in s or " or " in s or "和" in s or "或" in s) and not re.search(r"[A-Za-z]{3,}", _WORD_LIST.sub(" ", s)):
         s = _WORD_LIST.sub(", ", s)  # "-1 and 6" -> "-1, 6"
+    if s[:1].isalpha() and s.isascii():
+        w = words_number(s)  # "twelve", "twenty-one"
+        if w is not None:
+            return w
     paren = _PAREN.fullmatch(s)
     if paren:
         s = paren.group(1)  # "(8)", "(B)"; not "(1, 2)", an interval or a point

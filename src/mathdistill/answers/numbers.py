@@ -160,3 +160,38 @@ def last_number(text: str) -> str | None:
     if m.group("den"):
         out += "/" + m.group("den")
     return out + ("%" if m.group("pct") else "")
+
+
+_ONES = {w: i for i, w in enumerate("zero one two three four five six seven eight nine ten eleven twelve thirteen "
+                                    "fourteen fifteen sixteen seventeen eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), start=2)}
+_SCALES = {"hundred": 100, "thousand": 1000, "million": 10 ** 6, "billion": 10 ** 9}
+_WORD_SPLIT = re.compile(r"[\s-]+")
+
+
+def words_number(s: str) -> str | None:
+    """An answer written in English number words ("twelve", "twenty-one", "one hundred and five", "minus
+    three") as digits, or None when ``s`` is anything else."""
+    words = [w for w in _WORD_SPLIT.split(s.strip().lower().rstrip(".!")) if w and w != "and"]
+    if not words or len(words) > 8:
+        return None
+    neg = words[0] in ("minus", "negative")
+    words = words[1:] if neg else words
+    total = part = 0
+    seen = False
+    for w in words:
+        if w in _ONES:
+            part += _ONES[w]
+        elif w in _TENS:
+            part += _TENS[w]
+        elif w in _SCALES and seen:
+            if _SCALES[w] == 100:
+                part *= 100
+            else:
+                total, part = total + part * _SCALES[w], 0
+        else:
+            return None
+        seen = True
+    if not seen:
+        return None
+    return ("-" if neg else "") + str(total + part)

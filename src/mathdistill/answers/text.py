@@ -161,21 +161,29 @@ _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+"
 _SUP_RUN = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺]+")
 
 
+# Unicode math symbols as LaTeX; vulgar fractions as " a/b" so "3½" reads as the mixed number 3 1/2
+_SYMBOLS = (("×", "\\times "), ("·", "\\cdot "), ("÷", "/"), ("√", "\\sqrt"), ("π", "\\pi "), ("∞", "\\infty "),
+            ("≤", "\\le "), ("≥", "\\ge "), ("≠", "\\neq "), ("∪", "\\cup "), ("±", "\\pm "), ("½", " 1/2"),
+            ("⅓", " 1/3"), ("⅔", " 2/3"), ("¼", " 1/4"), ("¾", " 3/4"))
+
+
 def _braced(arg: str) -> str:
     return arg if arg.startswith("{") else "{" + arg + "}"
 
 
 def expand_shorthand(s: str) -> str:
     """``\\frac34``, ``\\frac{3}4``, ``\\dfrac``, ``\\tfrac`` -> ``\\frac{3}{4}``; ``\\sqrt5`` -> ``\\sqrt{5}``;
-    Unicode superscripts ``10⁻⁵`` -> ``10^{-5}``, ``×``/``·`` -> ``\\times``/``\\cdot``."""
+    Unicode superscripts ``10⁻⁵`` -> ``10^{-5}``; ``×``, ``·``, ``√``, ``π``, ``≤``, ``±``, ``½`` ... as LaTeX."""
+    if not s.isascii():
+        s = _SUP_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPT) + "}", s)
+        for sym, tex in _SYMBOLS:
+            if sym in s:
+                s = s.replace(sym, tex)
     if "\\" in s:
         if "frac" in s:
             s = _FRAC_SHORT.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
         if "\\sqrt" in s:
             s = _SQRT_SHORT.sub(lambda m: "\\sqrt" + _braced(m.group(1)), s)
-    if not s.isascii():
-        s = _SUP_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPT) + "}", s)
-        s = s.replace("×", "\\times ").replace("·", "\\cdot ").replace("÷", "/").replace("√", "\\sqrt")
     return s
 
 
