@@ -70,7 +70,13 @@ def zh_numbers(s: str) -> str:
     if not _HAS_ZH.search(s) and "万" not in s and "亿" not in s:
         return s
     s = _MIXED.sub(lambda m: f"{m.group(1)} {m.group(2).replace(' ', '')}", s)
-    s = _WAN.sub(lambda m: _fmt(Fraction(m.group(1)) * (10 ** 12 if m.group(2) == "万亿" else _BIG[m.group(2)])), s)
+    s = zh_multipliers(s)
     s = _PCT.sub(lambda m: _fmt(_real_value(m.group(1))) + "%", s)
     s = _FRACTION.sub(lambda m: f"{_fmt(_val(m.group(2)))}/{_fmt(_val(m.group(1)))}", s)
-    return _RUN.sub(lambda m: _fmt(_real_value(m.group(0))), s)
+    s = _RUN.sub(lambda m: _fmt(_real_value(m.group(0))), s)
+    return _MIXED.sub(lambda m: f"{m.group(1)} {m.group(2).replace(' ', '')}", s) if "又" in s else s
+
+
+def zh_multipliers(s: str) -> str:
+    """Only ``1.2万`` -> ``12000`` and ``3亿`` -> ``300000000`` (text with Arabic digits keeps its words)."""
+    return _WAN.sub(lambda m: _fmt(Fraction(m.group(1)) * (10 ** 12 if m.group(2) == "万亿" else _BIG[m.group(2)])), s)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from .chinese import zh_numbers
+from .chinese import zh_multipliers, zh_numbers
 from .choice import output_choice
 from .numbers import MAX_DIGITS, PLAIN, last_number, words_number
 from .text import cut_tail, expand_shorthand, final_boxes, looks_cut, max_depth, says_undetermined, strip_think, to_ascii
@@ -29,7 +29,8 @@ EMPTY, TRUNCATED, UNDETERMINED, TOO_LONG, NONE_FOUND = "empty", "truncated", "ca
 
 _EN_PHRASE = re.compile(
     r"\b(?:final\s+answer|answer)\b\s*(?:\*\*|__)?\s*(?:is|would\s+be|will\s+be|should\s+be|[:=])\s*(?:\*\*|__)?\s*:?", re.I)
-_ZH_PHRASE = re.compile(r"(?:最终答案|最后答案|答案)\s*(?:\*\*)?\s*(?:应该是|应为|是|为|[:=])\s*(?:\*\*)?\s*:?|最终答案")
+_ZH_PHRASE = re.compile(r"(?:最终答案|最后答案|答案)\s*(?:\*\*)?\s*(?:应该是|应为|是|为|[:=])\s*(?:\*\*)?\s*:?|最终答案|"
+                        r"[【\[]答案[】\]]\s*:?")
 _HASHES = re.compile(r"####\s*")
 _TEXT_CMD = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"(?<!\\)\\[,;: ]|\\quad|\\qquad|\\left|\\right|\\displaystyle")
@@ -292,8 +293,12 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
         ans = clean_answer(_last_formula(body))
         if ans is not None:
             return ans, FORMULA
-    if not re.search(r"\d", text[-2000:]) and re.search("[零一二两三四五六七八九十百千万]", text[-2000:]):
-        text = zh_numbers(text[-2000:])  # a Chinese answer with its numbers in words
+    if not text.isascii():
+        tail = text[-2000:]
+        if not re.search(r"\d", tail) and re.search("[零一二两三四五六七八九十百千万]", tail):
+            text = zh_numbers(tail)  # a Chinese answer with its numbers in words
+        elif "万" in tail or "亿" in tail:
+            text = zh_multipliers(tail)  # 1.2 万元
     ans = last_number(text)
     if ans is None:
         return None, TOO_LONG if re.search(r"\d{%d}" % (MAX_DIGITS + 1), text[-200:]) else NONE_FOUND
