@@ -12,7 +12,8 @@ Data: real MATH-500 outputs of a long-chain reasoning model with checked labels 
 
 Prints agreement (share of rows where the verdict equals the label), false accepts and false rejects,
 checks per second (best of ``--repeats`` passes, caches cleared before each), and mathdistill's disagreements
-one by one with the rule that decided.
+one by one with the rule that decided. Then the same agreement on the grader's tables by kind
+(``tests/test_answers_kinds.py``: hand-written rows, English and Chinese, look-alikes included), per family.
 """
 
 from __future__ import annotations
@@ -100,6 +101,27 @@ def main() -> None:
         if g.correct != r["label"]:
             print(f"  disagrees: {r.get('id')}: label {r['label']}, read {g.answer!r} vs {r['reference']!r} ({g.rule})")
     print("verdicts per rule: " + ", ".join(f"{k} {v}" for k, v in sorted(rules.items(), key=lambda kv: -kv[1])))
+    tables(prev)
+
+
+def tables(prev) -> None:
+    """Agreement of the three graders with the rows of tests/test_answers_kinds.py, per family."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_answers_kinds import FAMILIES
+
+    graders = {"mathdistill": lambda o, r: grade(o, r).correct, "math-verify alone": mv_alone,
+               "previous rules": prev.is_correct}
+    total = dict.fromkeys(graders, 0)
+    n = 0
+    print(f"\ntables by kind ({sum(len(v) for v in FAMILIES.values())} rows): agreement per family")
+    print(f"{'family':<14} " + " ".join(f"{g:>18}" for g in graders))
+    for fam, rows in FAMILIES.items():
+        got = {g: sum(f(o, r) == e for o, r, e in rows) for g, f in graders.items()}
+        n += len(rows)
+        for g in graders:
+            total[g] += got[g]
+        print(f"{fam:<14} " + " ".join(f"{got[g]:>13}/{len(rows):<4}" for g in graders))
+    print(f"{'all':<14} " + " ".join(f"{total[g]:>8}/{n} {100 * total[g] / n:5.1f}%" for g in graders))
 
 
 if __name__ == "__main__":
