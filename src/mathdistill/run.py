@@ -175,6 +175,8 @@ def code_version(stage: str) -> dict[str, str]:
         h.update(m.encode())
         if spec and spec.origin:
             h.update(Path(spec.origin).read_bytes())
+            for sub in sorted(Path(spec.origin).parent.glob("*.py")) if spec.submodule_search_locations else ():
+                h.update(sub.name.encode() + sub.read_bytes())  # a package (answers/): all its modules
     return {"mathdistill": __version__, "source_sha256": h.hexdigest()[:16], **versions_of(pkgs)}
 
 
