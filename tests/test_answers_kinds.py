@@ -82,6 +82,8 @@ LISTS = [
     (r"\boxed{-1, 5}", "-1, 6", False),
     (r"\boxed{-1, 6, 7}", "-1, 6", False),
     ("答案是 -1 和 5", "-1, 6", False),
+    (r"$19, 46, \text{ and } 82$", "19, 46, and 82", True),
+    ("$21, 36, and 82$", "19, 46, and 82", False),
 ]
 
 # --- side-by-side boxes, answer phrases followed by more text, a short sentence ending on a formula
@@ -175,6 +177,8 @@ TEXT_WORDS = [
     (r"\boxed{\textbf{ellipse}}", r"\text{ellipse}", True),
     (r"\boxed{\text{neither}}", r"\text{odd}", False),
     (r"\boxed{\text{odd}}", r"\text{even}", False),
+    (r"$1 - \frac{1}{\mathrm{e}}$", r"1 - \frac{1}{e}", True),  # \mathrm{e} is the constant, not a word
+    (r"$1 + \frac{1}{\mathrm{e}}$", r"1 - \frac{1}{\mathrm{e}}", False),
     ("答案是小红", r"\text{小明}", False),
 ]
 

@@ -62,8 +62,8 @@ _ZH_ANSWER_CHARS = set("零〇一二两三四五六七八九十百千万亿负�
 
 
 def _unwrap(s: str) -> str:
-    for _ in range(4):  # nested \text{\textbf{...}}
-        t = _TEXT_CMD.sub(r" \1 ", s)
+    for _ in range(4):  # nested \text{\textbf{...}}; "\mathrm{e}" -> "e", "12\text{cm}" -> "12 cm "
+        t = _TEXT_CMD.sub(lambda m: m.group(1) if len(m.group(1).strip()) <= 1 else f" {m.group(1)} ", s)
         if t == s:
             break
         s = t
@@ -132,7 +132,7 @@ def clean_answer(span: str | None) -> str | None:
     if not s:
         return None
     if (" and " in s or " or " in s or "和" in s or "或" in s) and not re.search(r"[A-Za-z]{3,}", _WORD_LIST.sub(" ", s)):
-        s = _WORD_LIST.sub(", ", s)  # "-1 and 6" -> "-1, 6"
+        s = re.sub(r"(?:\s*,)+", ",", _WORD_LIST.sub(", ", s)).replace(",", ", ")  # "-1 and 6", "19, 46, and 82"
     if s[:1].isalpha() and s.isascii():
         w = words_number(s)  # "twelve", "twenty-one"
         if w is not None:
