@@ -320,6 +320,8 @@ NO_ANSWER = [
     ("There is not enough information to determine x; if x = 3 then 3.", "3", False),
     ("Maybe the answer is 5, which is\n\nLet me add the rest: 5 + 7 + 3 = 15, and 15 +", "5", False),  # tentative
     ("答案是 8？再算一次：3 + 5 =", "8", False),
+    (r"The value is $\frac{1}{2}", "1/2", False),  # a formula left open
+    ("She pays $18 for the books.", "18", True),  # a currency sign is no open formula
 ]
 
 FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,

@@ -212,6 +212,10 @@ def looks_cut(text: str) -> bool:
     for o, c in _OPENERS:
         if tail.rfind(o) > tail.rfind(c):
             return True
+    if "$" in tail:  # an odd number of $ in the last paragraph, LaTeX after the last one: a formula left open
+        para = tail[tail.rfind("\n\n") + 1:].replace("\\$", "").replace("$$", "$")
+        last = para.rfind("$")
+        return para.count("$") % 2 == 1 and any(ch in para[last:] for ch in "\\^{_")
     return False
 
 
