@@ -164,6 +164,10 @@ EQUATIONS = [
     (r"\boxed{2x - y + 3z = 5}", "2x - y + 3z = 4", False),
     (r"\boxed{x = 5}", "5", True),
     (r"\boxed{x = 6}", "5", False),
+    (r"\boxed{y - 3 = 2(x - 1)}", "y = 2x + 1", True),
+    (r"\boxed{(x-1)^2 + (y+2)^2 = 9}", "x^2 - 2x + y^2 + 4y - 4 = 0", True),
+    (r"\boxed{x + y + z = 1}", "x+y+z=2", False),
+    (r"\boxed{y=x^2}", "y = x^2 + 1", False),
     ("$11a+c$", "7 = 11a+c", False),  # an equation is not its right side
     (r"\boxed{f(x) = x^2 + 1}", "x^2+1", True),
     (r"答案：$y=-\frac{1}{2}x+\frac{3}{4}$", "2x+4y-3=0", True),
