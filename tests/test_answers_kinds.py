@@ -150,6 +150,8 @@ MATRICES = [
     (r"\boxed{\begin{bmatrix} 0.5 \\ 2 \end{bmatrix}}", r"\begin{pmatrix} 1/2 \\ 2 \end{pmatrix}", True),
     (r"\boxed{\begin{pmatrix} 1/5 \\ 18/5 \end{pmatrix}}", r"\begin{pmatrix} 1/5 \\ -18/5 \end{pmatrix}", False),
     (r"\boxed{\begin{pmatrix} 0 & -1 \\ -1 & 0 \end{pmatrix}}", r"\begin{pmatrix} -1 & 0 \\ 0 & -1 \end{pmatrix}", False),
+    (r"所以所求向量为 $\boxed{\begin{pmatrix} \dfrac{2}{3} \\ -1 \end{pmatrix}}$。", r"\begin{pmatrix} 2/3 \\ -1 \end{pmatrix}", True),
+    (r"所以所求向量为 $\boxed{\begin{pmatrix} \dfrac{3}{2} \\ -1 \end{pmatrix}}$。", r"\begin{pmatrix} 2/3 \\ -1 \end{pmatrix}", False),
 ]
 
 # --- equations: the same line or plane written differently is the same answer
