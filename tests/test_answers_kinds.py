@@ -327,6 +327,7 @@ NO_ANSWER = [
     ("Maybe the answer is 5, which is\n\nLet me add the rest: 5 + 7 + 3 = 15, and 15 +", "5", False),  # tentative
     ("答案是 8？再算一次：3 + 5 =", "8", False),
     (r"The value is $\frac{1}{2}", "1/2", False),  # a formula left open
+    ("With only two equations the value cannot be determined.", r"\text{cannot be determined}", True),
     ("She pays $18 for the books.", "18", True),  # a currency sign is no open formula
 ]
 

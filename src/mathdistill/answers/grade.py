@@ -22,6 +22,7 @@ from . import extract as ex
 from .choice import output_choice, reference_choice
 from .extract import as_answer, find_answer, prepare
 from .numbers import decimal_comma, numbers_equal, parse_number
+from .text import says_undetermined
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +230,9 @@ def grade(output: str | None, reference: str | None, *, finish_reason: str | Non
             st.choice += 1
             return Grade(letter, letter == rc[0], RULE_CHOICE)
     if answer is None:
+        if how == ex.UNDETERMINED and says_undetermined(r):  # the reference says so too
+            st.fast_string += 1
+            return Grade(r, True, RULE_STRING)
         st.no_answer += 1
         return Grade(None, False, _NO_ANSWER.get(how, "no answer"))
     a = as_answer(answer)
