@@ -30,7 +30,9 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from mathdistill.answers import grade  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "math500_outputs_sample.jsonl"
+SAMPLE = Path("shared") / "data" / "math500_outputs_sample.jsonl"
+# ../shared beside the checkout (or beside the folder of worktrees)
+DEFAULT_DATA = next((p / SAMPLE for p in (ROOT.parent, ROOT.parent.parent) if (p / SAMPLE).is_file()), ROOT.parent / SAMPLE)
 
 
 def load_previous():
