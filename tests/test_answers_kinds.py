@@ -68,6 +68,8 @@ INTERVALS = [
     (r"\boxed{x > 2}", r"[2, \infty)", False),
     (r"\boxed{[1, 5)}", "[1,5]", False),
     (r"答案是 $(1, 5)$", "[1,5]", False),
+    ("The answer is (2, infinity).", r"(2,\infty)", True),
+    ("The answer is (2, infinity).", r"[2,\infty)", False),
 ]
 
 # --- sets and lists, in any order; "x = a and x = b"

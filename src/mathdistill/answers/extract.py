@@ -133,6 +133,9 @@ def clean_answer(span: str | None) -> str | None:
         return None
     if (" and " in s or " or " in s or "和" in s or "或" in s) and not re.search(r"[A-Za-z]{3,}", _WORD_LIST.sub(" ", s)):
         s = re.sub(r"(?:\s*,)+", ",", _WORD_LIST.sub(", ", s)).replace(",", ", ")  # "-1 and 6", "19, 46, and 82"
+    if "nfinity" in s:
+        s = re.sub(r"-\s*infinity|\binfinity\b", lambda m: "-\\infty" if m.group(0).startswith("-") else "\\infty", s,
+                   flags=re.I)  # "(2, infinity)"
     if s[:1].isalpha() and s.isascii():
         w = words_number(s)  # "twelve", "twenty-one"
         if w is not None:
