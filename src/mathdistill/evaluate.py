@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import Field
 from rich.markup import escape
 
-from .answers import answers_equal, extract_answer
+from .answers import grade
 from .backends import Backend, Generation, GenerationConfig, generate_batched, make_backend
 from .config import StageConfig
 from .errors import UserError
@@ -65,12 +65,20 @@ def score_outputs(probs: list[Problem], outs: list[Generation | dict[str, Any]])
     preds = []
     for p, o in zip(probs, outs):
         g = o if isinstance(o, Generation) else Generation(o["output"], o["tokens"], o["finish_reason"])
-        ans = extract_answer(answer_text(g.output))  # any known reasoning tags stripped first (records.REASONING_TAGS)
-        correct = g.finish_reason == "stop" and answers_equal(ans, p.answer)
-        preds.append(Prediction(problem_id=p.id, source=p.source, output=g.output, extracted_answer=ans,
-                                reference=p.answer, correct=correct, tokens=g.tokens, finish_reason=g.finish_reason,
-                                cqs={"kind": "proxy", **cqs_proxy(g.output, p.question)}))
+        v = grade(answer_text(g.output), p.answer, finish_reason=g.finish_reason)
+        preds.append(Prediction(problem_id=p.id, source=p.source, output=g.output, extracted_answer=v.answer,
+                                reference=p.answer, correct=v.correct, tokens=g.tokens, finish_reason=g.finish_reason,
+                                grade_rule=v.rule, cqs={"kind": "proxy", **cqs_proxy(g.output, p.question)}))
     return preds
+
+
+def grade_rule_counts(preds: list[Prediction]) -> dict[str, dict[str, int]]:
+    """Verdicts per grading rule: ``{rule: {"correct": n, "wrong": m}}`` (scores.json ``grade_rules``)."""
+    out: dict[str, dict[str, int]] = {}
+    for p in preds:
+        c = out.setdefault(p.grade_rule or "unknown", {"correct": 0, "wrong": 0})
+        c["correct" if p.correct else "wrong"] += 1
+    return out
 
 
 def count_misses(preds: list[Prediction], gens: list[Generation]) -> Tally:
@@ -244,6 +252,7 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
     rows = [p.model_dump() for p in preds]
     scores = aggregate(rows, mbytes, cfg.score, cqs_kind=cfg.cqs)
     scores["misses"] = {r: misses.counts.get(r, 0) for r in MISS_REASONS} | {"examples": misses.examples}
+    scores["grade_rules"] = grade_rule_counts(preds)
     total_tokens = sum(p.tokens for p in preds)
     ids = [p.id for p in probs]
     problems_sha = _sha(json.dumps([[p.id, p.question, p.answer] for p in probs], ensure_ascii=False))

@@ -71,6 +71,7 @@ class Prediction(Record):
     correct: bool
     tokens: int
     finish_reason: str = "stop"  # stop | length | error
+    grade_rule: str | None = None  # the grader rule that decided `correct` (mathdistill.answers.grade)
     cqs: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -1,3 +1,5 @@
+# Frozen copy of src/mathdistill/answers.py before issue 14 (commit 1b397d1): the "previous rule set" that
+# benchmarks/bench_grader.py compares against. Not imported by the package.
 """Final-answer extraction and equivalence: the grader shared by curate and eval.
 
 Public API (a contract other tools script against)::
