@@ -1,4 +1,7 @@
-"""Throughput of `mathdistill serve` with dynamic batching on versus off, in one run.
+"""Throughput of `mathdistill serve`, in one run: dynamic batching on versus off (default), or, with
+``--engines``, its engine against transformers' own continuous batching and plain batched ``generate``.
+
+Default (``--mode http``):
 
 SmolLM2-135M-Instruct (the default student, fp32, CPU) behind the real HTTP server; the official `openai`
 async client keeps C requests in flight (closed loop) for C = 1, 8, 32. "off" is the same server with
@@ -9,6 +12,14 @@ the same work; short outputs keep the wall time to a few minutes on 2 cores.
     flock /tmp/mathdistill-heavy.lock python benchmarks/bench_serve.py
 
 Prints requests/s and output tokens/s per mode and concurrency, and the on/off ratio (goal: >= 3x at 32).
+
+``--engines``: the same N prompts (chat-templated GSM8K questions), exactly ``--max-tokens`` greedy tokens each
+(EOS ignored), through (1) serve's engine (all N submitted at once, ``max_batch_size`` = ``--batch``), (2)
+transformers' continuous batching (``model.generate_batch``, paged KV cache; its manager's setup is timed
+apart from generation) and (3) ``model.generate`` on left-padded batches of ``--batch``. Prints output
+tokens/s of each and the ratios to the engine:
+
+    flock /tmp/mathdistill-heavy.lock python benchmarks/bench_serve.py --engines
 """
 
 from __future__ import annotations
@@ -16,7 +27,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # ServerThread: a test helper
 
 QUESTIONS = [
     "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. How many clips did she sell altogether in April and May?",
@@ -56,6 +71,104 @@ async def closed_loop(url: str, model: str, concurrency: int, total: int, max_to
             "out_tok_per_s": round(tokens / wall, 1)}
 
 
+def _prompts(tok, n: int) -> list[list[int]]:
+    from mathdistill.prompts import EN_PROMPT, messages
+
+    texts = [tok.apply_chat_template(messages(EN_PROMPT, QUESTIONS[i % len(QUESTIONS)]), add_generation_prompt=True,
+                                     tokenize=False) for i in range(n)]
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+def run_engine(model, tok, prompts: list[list[int]], max_tokens: int, batch: int, threads: int | None) -> dict:
+    """serve's engine without HTTP: every prompt submitted at once, greedy, exactly ``max_tokens`` each."""
+    from mathdistill.serve import Engine, ServeConfig
+    from mathdistill.serve.engine import Job
+    from mathdistill.serve.protocol import Sampling
+
+    engine = Engine(model, tok, ServeConfig(max_batch_size=batch, max_queue=len(prompts), batch_wait_ms=50, threads=threads))
+
+    async def go() -> int:
+        jobs = [Job(p, Sampling(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)) for p in prompts]
+        for j in jobs:
+            engine.submit(j)
+        tokens = 0
+        for j in jobs:
+            while (ev := await j.events.get())[0] != "done":
+                if ev[0] == "error":
+                    raise RuntimeError(ev[1])
+            tokens += ev[3]
+        return tokens
+
+    engine.start()
+    try:
+        t0 = time.perf_counter()
+        tokens = asyncio.run(go())
+        wall = time.perf_counter() - t0
+    finally:
+        engine.stop()
+    return {"tokens": tokens, "wall_s": round(wall, 2), "gen_s": round(wall, 2), "out_tok_per_s": round(tokens / wall, 1)}
+
+
+def run_generate_batch(model, tok, prompts: list[list[int]], max_tokens: int) -> dict:
+    """transformers' continuous batching; ``gen_s`` spans the first request's start to the last one's end."""
+    from transformers import GenerationConfig
+
+    gc = GenerationConfig(max_new_tokens=max_tokens, do_sample=False, eos_token_id=-1, pad_token_id=tok.pad_token_id)
+    t0 = time.perf_counter()
+    out = model.generate_batch(inputs=prompts, generation_config=gc, progress_bar=False, warmup=False)
+    wall = time.perf_counter() - t0
+    tokens = sum(len(o.generated_tokens) for o in out.values())
+    spans = [o.lifespan for o in out.values() if o.lifespan and o.lifespan[1] > 0]
+    gen = max(e for _, e in spans) - min(s for s, _ in spans) if spans else wall
+    return {"tokens": tokens, "wall_s": round(wall, 2), "gen_s": round(gen, 2), "out_tok_per_s": round(tokens / gen, 1),
+            "out_tok_per_s_with_setup": round(tokens / wall, 1)}
+
+
+def run_generate(model, tok, prompts: list[list[int]], max_tokens: int, batch: int) -> dict:
+    """``model.generate`` on left-padded batches of ``batch`` prompts (every row runs to ``max_tokens``)."""
+    import torch
+
+    tok.padding_side = "left"
+    tokens = 0
+    t0 = time.perf_counter()
+    for s in range(0, len(prompts), batch):
+        enc = tok.pad({"input_ids": prompts[s: s + batch]}, return_tensors="pt", padding=True)
+        with torch.inference_mode():
+            out = model.generate(**enc, max_new_tokens=max_tokens, min_new_tokens=max_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, temperature=None, top_p=None, top_k=None)
+        tokens += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+    wall = time.perf_counter() - t0
+    return {"tokens": tokens, "wall_s": round(wall, 2), "gen_s": round(wall, 2), "out_tok_per_s": round(tokens / wall, 1)}
+
+
+def engines(args) -> None:
+    import torch
+
+    from mathdistill.models import load, resolve
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    model, tok = load(resolve(args.model), dtype="float32")
+    prompts = _prompts(tok, args.n)
+    print(f"model {args.model}, fp32 CPU, {torch.get_num_threads()} torch threads; {args.n} prompts "
+          f"({min(map(len, prompts))}-{max(map(len, prompts))} tokens), {args.max_tokens} greedy output tokens each "
+          f"(EOS ignored); batch {args.batch}", flush=True)
+    run_generate(model, tok, prompts[:2], 2, 2)  # warm-up: first-call allocations
+    res = {"serve engine": run_engine(model, tok, prompts, args.max_tokens, args.batch, args.threads)}
+    print(f"serve engine: {res['serve engine']}", flush=True)
+    res["transformers generate_batch"] = run_generate_batch(model, tok, prompts, args.max_tokens)
+    print(f"generate_batch: {res['transformers generate_batch']}", flush=True)
+    res["transformers generate (batched)"] = run_generate(model, tok, prompts, args.max_tokens, args.batch)
+    print(f"generate: {res['transformers generate (batched)']}", flush=True)
+    base = res["serve engine"]["out_tok_per_s"]
+    print("\n| engine | output tok/s | vs serve's engine |\n| --- | --- | --- |")
+    for name, r in res.items():
+        print(f"| {name} | {r['out_tok_per_s']:.1f} | {r['out_tok_per_s'] / base:.2f}x |")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "results": res}, f, indent=2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
@@ -64,10 +177,17 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both modes (default: torch's, all cores)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--engines", action="store_true", help="compare the engine with transformers' generate_batch and generate")
+    ap.add_argument("--n", type=int, default=32, help="--engines: prompts")
+    ap.add_argument("--batch", type=int, default=32, help="--engines: rows per batch (engine and generate)")
     args = ap.parse_args()
+    if args.engines:
+        return engines(args)
+
+    from server_thread import ServerThread
 
     from mathdistill.models import load, resolve
-    from mathdistill.serve import ServeConfig, ServerThread, create_app
+    from mathdistill.serve import ServeConfig, create_app
 
     levels = [int(x) for x in args.concurrency.split(",")]
     spec = resolve(args.model)

@@ -76,7 +76,9 @@ def main() -> None:
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
     from mathdistill.models import load, resolve
-    from mathdistill.train import Collator, TrainConfig, answer_only_loss, tokenize_example
+    from mathdistill.train import TrainConfig
+    from mathdistill.train_data import Collator, tokenize_example
+    from mathdistill.train_losses import answer_only_loss
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     ds = make_dataset(tmp, a.preset)

@@ -8,7 +8,9 @@ from mathdistill.backends import answer_complete
 from mathdistill.evaluate import EvalConfig, evaluate
 from mathdistill.models import load, model_bytes, resolve
 from mathdistill.prompts import EN_PROMPT
-from mathdistill.train import Collator, TrainConfig, answer_only_loss, tokenize_example, train
+from mathdistill.train import TrainConfig, train
+from mathdistill.train_data import Collator, tokenize_example
+from mathdistill.train_losses import answer_only_loss
 
 ROWS = [{"instruction": EN_PROMPT, "input": f"State the final answer: {a} + {b} =", "output": f"{a} + {b} = {a + b}\n#### {a + b}",
          "problem_id": f"p{a}{b}", "source": "chain_sum"} for a in range(3, 9) for b in range(2, 5)]

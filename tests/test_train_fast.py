@@ -11,8 +11,10 @@ from safetensors.torch import load_file
 from mathdistill.errors import UserError
 from mathdistill.models import load, resolve
 from mathdistill.prompts import EN_PROMPT
-from mathdistill.train import Collator, TrainConfig, _trainer_cls, answer_only_loss, pack_rows, tokenize_example, train
-import mathdistill.train as train_mod
+import mathdistill.train_trainer as trainer_mod
+from mathdistill.train import TrainConfig, train
+from mathdistill.train_data import Collator, pack_rows, tokenize_example
+from mathdistill.train_losses import answer_only_loss
 
 # rows of different lengths, so padding and packing differ
 ROWS = [{"instruction": EN_PROMPT, "input": f"State the final answer: {a} + {b} =",
@@ -109,25 +111,18 @@ def test_resume_after_a_crash_gives_the_same_weights(tiny_model, dataset, tmp_pa
     full = train(cfg, dataset, tmp_path / "full")
     assert full["steps"] == 8
 
-    real = _trainer_cls
+    class Crash(trainer_mod.DistillTrainer):
+        def training_step(self, *a, **kw):
+            if self.state.global_step == 5:
+                # as if killed while writing the next checkpoint: a half-written one in the staging folder
+                Path(self.args.output_dir, "checkpoint-6").mkdir(parents=True, exist_ok=True)
+                raise KeyboardInterrupt("simulated crash")
+            return super().training_step(*a, **kw)
 
-    def crashing():
-        trainer_cls, cb = real()
-
-        class Crash(trainer_cls):
-            def training_step(self, *a, **kw):
-                if self.state.global_step == 5:
-                    # as if killed while writing the next checkpoint: a half-written staging folder
-                    Path(self.args.output_dir, ".staging-6", "checkpoint-6").mkdir(parents=True, exist_ok=True)
-                    raise KeyboardInterrupt("simulated crash")
-                return super().training_step(*a, **kw)
-
-        return Crash, cb
-
-    monkeypatch.setattr(train_mod, "_trainer_cls", crashing)
+    monkeypatch.setattr(trainer_mod, "DistillTrainer", Crash)
     with pytest.raises(KeyboardInterrupt):
         train(cfg, dataset, tmp_path / "crash")
-    monkeypatch.setattr(train_mod, "_trainer_cls", real)
+    monkeypatch.undo()
     ck = sorted(p.name for p in (tmp_path / "crash" / "checkpoints").iterdir() if not p.name.startswith("."))
     assert ck == ["checkpoint-2", "checkpoint-4"]
     assert not (tmp_path / "crash" / "adapter").exists()

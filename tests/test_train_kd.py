@@ -11,7 +11,8 @@ from conftest import build_tiny_model
 from mathdistill.distill import divergence
 from mathdistill.errors import UserError
 from mathdistill.prompts import EN_PROMPT
-from mathdistill.train import TrainConfig, kd_loss, train
+from mathdistill.train import TrainConfig, train
+from mathdistill.train_losses import kd_loss
 
 S = [[1.0, 2.0, 0.5], [0.0, -1.0, 1.0]]  # student logits, 2 positions x 3 tokens
 T = [[2.0, 0.5, 0.0], [1.0, 1.0, -1.0]]  # teacher logits
@@ -83,8 +84,8 @@ def test_kd_training_runs_and_alpha_zero_is_sft(tiny_model, teacher, tmp_path):
     ds.write_text(json.dumps(ROWS))
     base = dict(base_model=str(tiny_model), learning_rate=5e-3, batch_size=4, max_steps=2, save_steps=0,
                 heldout_fraction=0.0, lora_dropout=0.0, lora_r=4, lora_alpha=8)
-    sft = train(TrainConfig(**base), ds, tmp_path / "sft")
-    kd0 = train(TrainConfig(**base, method="kd", teacher=str(teacher), kd_alpha=0.0), ds, tmp_path / "kd0")
+    train(TrainConfig(**base), ds, tmp_path / "sft")
+    train(TrainConfig(**base, method="kd", teacher=str(teacher), kd_alpha=0.0), ds, tmp_path / "kd0")
     kd = train(TrainConfig(**base, method="kd", teacher=str(teacher), kd_loss="jsd", kd_alpha=0.5), ds, tmp_path / "kd")
     first = lambda d: json.loads((tmp_path / d / "train_log.jsonl").read_text().splitlines()[0])["loss"]  # noqa: E731
     assert first("kd0") == pytest.approx(first("sft"), rel=1e-5)
