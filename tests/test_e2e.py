@@ -51,10 +51,12 @@ def test_smoke_run_writes_scores_and_report(tmp_path, real_home):
     md = (out / "report.md").read_text()
     assert "proxy" in md and "smoke" in md
 
-    # The gain the smoke run reliably produces. Measured on 5 runs of this preset (train.seed 42, the preset's,
-    # and 1-4; `mathdistill run --preset smoke --set train.seed=S`): the base model rambles to the 48-token limit
-    # (45.8 tokens/problem) while the student stops after its answer (22-28 tokens/problem), and the student's
-    # Overall is higher in every run. Asserted: fewer tokens per problem (by at least a fifth) and a higher Overall.
+    # The gain the smoke run reliably produces: the base model rambles to the 48-token limit on almost every problem
+    # (45.8 tokens/problem) while the student, trained on short reference chains, stops after its answer line.
+    # Measured (`mathdistill run --preset smoke --set train.seed=S`, the other stages shared): train.seed 42 (the
+    # preset's) and 1 gave the student 27.6 and 27.7 tokens/problem and Overall 62.9 against the base's 51.4 (paired
+    # interval of the difference +3.0..+21.2). Asserted, with room: fewer tokens per problem by at least a fifth, and
+    # a higher Overall.
     base, student = scores["base"], scores["student"]
     assert student["mean_tokens"] < 0.8 * base["mean_tokens"], (student["mean_tokens"], base["mean_tokens"])
     assert student["overall"] > base["overall"], (student["overall"], base["overall"])

@@ -89,7 +89,7 @@ def pkg_copy(tmp_path_factory):
 def test_editing_any_imported_module_changes_the_key(stage, pkg_copy):
     before = stage_code(stage, pkg_copy)
     assert before["source_sha256"] == code_version(stage)["source_sha256"]  # the copy is the package
-    for m in before["modules"]:
+    for m in before["modules"] + before["wiring"]:
         f = pkg_copy / "__init__.py" if m == "mathdistill" else pkg_copy.joinpath(*m.split(".")).with_suffix(".py")
         if not f.is_file():
             f = f.with_suffix("") / "__init__.py"
@@ -118,6 +118,7 @@ def test_key_follows_lazy_and_relative_imports_and_leaves_other_modules_out(pkg_
     for stage in STAGE_ENTRY:
         assert "serve" not in code_version(stage)["modules"], stage
         assert "ablate" not in code_version(stage)["modules"], stage
+        assert code_version(stage)["wiring"] == ["run"], stage  # run.py's own source: it wires every stage
 
 
 def test_the_judge_rubric_is_in_the_eval_key(pkg_copy):

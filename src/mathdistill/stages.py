@@ -6,9 +6,10 @@ A stage's output folder lives under ``<cache>/<stage>/<key>/``, where
 
 and *its code* (:func:`code_version`) is derived from the source itself: the stage's entry modules and every
 ``mathdistill`` module they import, directly or inside a function, transitively (:func:`import_closure`,
-an AST walk of each module's source), hashed byte for byte, plus the package data those modules load by name
-(``resources.files("mathdistill.rubrics")``: the judge rubric), the package version and the versions of the
-libraries the stage calls. Editing any of those modules, even a comment, gives the stage a new key.
+an AST walk of each module's source), hashed byte for byte, plus ``run.py`` itself (it wires each stage's
+arguments), the package data those modules load by name (``resources.files("mathdistill.rubrics")``: the
+judge rubric), the package version and the versions of the libraries the stage calls. Editing any of those
+modules, even a comment, gives the stage a new key.
 
 Because keys use the *content* of upstream outputs (not their configs), a stage that reruns and writes the same
 files stops the cascade there: downstream keys are unchanged. Resource settings that do not change results
@@ -56,6 +57,9 @@ STAGE_ENTRY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "train": (("train", "stages"), ("torch", "transformers", "peft", "trl", "accelerate", "safetensors")),  # + check_diverged
     "eval": (("evaluate",), ("torch", "transformers", "peft", "math-verify")),
 }
+# The module that wires every stage (its lambdas pick each stage function's arguments): its own source is in
+# every key, not its imports (it imports every stage, so its closure would make any edit rerun everything).
+WIRING = ("run",)
 # Settings that change speed, not results: not part of any key (``ablate --jobs`` sets the threads).
 NOT_IN_KEY: dict[str, set[str]] = {"train": {"threads"}, "eval": {"threads"},
                                    "generate": {"concurrency", "timeout_s", "max_retries"}}
@@ -176,14 +180,15 @@ def stage_code(stage: str, root: Path | None = None) -> dict[str, Any]:
     root = root or package_dir()
     mods, data = import_closure(entries, root)
     h = hashlib.sha256()
-    for m in mods:
+    wiring = [f"{PACKAGE}.{w}" for w in WIRING if module_file(f"{PACKAGE}.{w}", root)]
+    for m in mods + [w for w in wiring if w not in mods]:
         h.update(m.encode() + b"\0" + module_file(m, root).read_bytes() + b"\0")  # type: ignore[union-attr]
     for d in data:
         for rel, b in _tree_bytes(d):
             h.update(f"{d.name}/{rel}".encode() + b"\0" + b + b"\0")
     return {"mathdistill": __version__, "source_sha256": h.hexdigest()[:16],
             "modules": [m.split(".", 1)[1] if "." in m else m for m in mods],
-            "data": [d.name for d in data], **versions_of(pkgs)}
+            "wiring": [w.split(".", 1)[1] for w in wiring], "data": [d.name for d in data], **versions_of(pkgs)}
 
 
 def modules_digest(entries: tuple[str, ...] | list[str]) -> str:
