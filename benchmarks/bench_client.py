@@ -85,8 +85,8 @@ def main() -> None:
         n = conc * (a.calls_per_worker if delay else 60)
         proc, base = start_server(delay)
         try:
-            rate(old, base, min(n, 200), conc, f"warm-old{delay}", tmp / "w0.sqlite")
-            rate(new, base, min(n, 200), conc, f"warm-new{delay}", tmp / "w1.sqlite")
+            rate(old, base, min(n, 200), conc, f"warm-old{case}", tmp / f"w0{case}.sqlite")
+            rate(new, base, min(n, 200), conc, f"warm-new{case}", tmp / f"w1{case}.sqlite")
             got: dict[str, list[float]] = {"old": [], "new": []}
             for rep in range(a.repeats):  # interleaved: a noisy neighbour hits both alike
                 for name, mod in (("old", old), ("new", new)):
@@ -94,6 +94,7 @@ def main() -> None:
         finally:
             proc.kill()
         rows.append((delay, conc, n, got))
+        print(f"latency {delay:g}s, concurrency {conc}, {n} calls: old {got['old']}, new {got['new']}", flush=True)
     print(f"\n{'latency':>8} {'conc':>5} {'calls':>6} {'ideal':>7} {'old req/s (runs)':>26} {'new req/s (runs)':>26} "
           f"{'new/old':>8}")
     for delay, conc, n, got in rows:
