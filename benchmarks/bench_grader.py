@@ -54,7 +54,7 @@ def mv_alone(output: str, reference: str) -> bool:
 
 def clear_caches(prev) -> None:
     import mathdistill.answers.extract as ex
-    import mathdistill.answers.grade as gr
+    import mathdistill.answers.verdict as gr
     import mathdistill.answers.numbers as nu
 
     for f in (ex.as_answer, gr._canon, gr._mv_cached, nu.parse_number, prev.as_answer, prev._canon, prev._mv_cached,
