@@ -84,6 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     prev = load_previous()
+    mv_alone("$1$", "1"), grade(r"\boxed{\sqrt{2}}", r"\sqrt2"), prev.is_correct(r"\boxed{\sqrt{2}}", r"\sqrt2")  # imports
     results = [
         run("mathdistill", lambda o, r: grade(o, r).correct, rows, args.repeats, prev),
         run("math-verify alone", mv_alone, rows, args.repeats, prev),
