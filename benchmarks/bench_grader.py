@@ -54,7 +54,7 @@ def mv_alone(output: str, reference: str) -> bool:
 
 def clear_caches(prev) -> None:
     import mathdistill.answers.extract as ex
-    import mathdistill.answers.grade as gr
+    import mathdistill.answers.verdict as gr
     import mathdistill.answers.numbers as nu
 
     for f in (ex.as_answer, gr._canon, gr._mv_cached, nu.parse_number, prev.as_answer, prev._canon, prev._mv_cached,
@@ -84,6 +84,7 @@ def main() -> None:
     args = ap.parse_args()
     rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     prev = load_previous()
+    mv_alone("$1$", "1"), grade(r"\boxed{\sqrt{2}}", r"\sqrt2"), prev.is_correct(r"\boxed{\sqrt{2}}", r"\sqrt2")  # imports
     results = [
         run("mathdistill", lambda o, r: grade(o, r).correct, rows, args.repeats, prev),
         run("math-verify alone", mv_alone, rows, args.repeats, prev),

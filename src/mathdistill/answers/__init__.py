@@ -8,14 +8,14 @@ Public API (a contract other tools script against)::
     grade(output, reference, *, finish_reason=None) -> Grade(answer, correct, rule)
 
 Modules: :mod:`.text` (clean-up, truncation), :mod:`.numbers` (exact numbers), :mod:`.chinese` (number
-words), :mod:`.choice` (multiple choice), :mod:`.extract` (which part is the answer), :mod:`.grade`
+words), :mod:`.choice` (multiple choice), :mod:`.extract` (which part is the answer), :mod:`.verdict`
 (equivalence and the verdict). README, "How the grader compares answers", says which forms count as equal.
 """
 
 from .chinese import zh_numbers
 from .choice import output_choice, reference_choice
 from .extract import MAX_ANSWER_CHARS, MAX_TEXT_CHARS, as_answer, clean_answer, extract_answer, find_answer
-from .grade import (DEFAULT_OPTIONS, RULE_CHOICE, RULE_ERROR, RULE_LENGTH, RULE_MATH_VERIFY, RULE_NUMBER,
+from .verdict import (DEFAULT_OPTIONS, RULE_CHOICE, RULE_ERROR, RULE_LENGTH, RULE_MATH_VERIFY, RULE_NUMBER,
                     RULE_STRING, VERIFY_TIMEOUT_S, WORKER_GRACE_S, Grade, GradeOptions, GradeStats, answers_equal,
                     grade, is_correct)
 from .numbers import Num, last_number, numbers_equal, parse_number
