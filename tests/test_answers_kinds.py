@@ -424,28 +424,3 @@ def test_eval_writes_the_rule_and_counts_verdicts_per_rule():
                                         "choice letter": {"correct": 0, "wrong": 1},
                                         "no answer: truncated": {"correct": 0, "wrong": 1},
                                         "no answer: token limit": {"correct": 0, "wrong": 1}}
-
-
-def test_a_grader_change_is_a_code_change_the_stage_cache_sees(tmp_path, monkeypatch):
-    """answers/ is a package: the stage key covers every module in it, not only its __init__.py."""
-    from importlib.machinery import ModuleSpec
-
-    from mathdistill import run
-
-    pkg = tmp_path / "answers"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("from .grade import grade\n", encoding="utf-8")
-    (pkg / "grade.py").write_text("def grade(): return 1\n", encoding="utf-8")
-
-    def fake_find_spec(name):
-        spec = ModuleSpec(name, None, origin=str(pkg / "__init__.py"), is_package=True)
-        spec.submodule_search_locations = [str(pkg)]
-        return spec
-
-    monkeypatch.setattr(run, "find_spec", fake_find_spec)
-    run.code_version.cache_clear()
-    before = run.code_version("eval")["source_sha256"]
-    (pkg / "grade.py").write_text("def grade(): return 2\n", encoding="utf-8")
-    run.code_version.cache_clear()
-    assert run.code_version("eval")["source_sha256"] != before
-    run.code_version.cache_clear()
