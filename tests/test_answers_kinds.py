@@ -426,26 +426,16 @@ def test_eval_writes_the_rule_and_counts_verdicts_per_rule():
                                         "no answer: token limit": {"correct": 0, "wrong": 1}}
 
 
-def test_a_grader_change_is_a_code_change_the_stage_cache_sees(tmp_path, monkeypatch):
+def test_a_grader_change_is_a_code_change_the_stage_cache_sees(tmp_path):
     """answers/ is a package: the stage key covers every module in it, not only its __init__.py."""
-    from importlib.machinery import ModuleSpec
+    import shutil
 
-    from mathdistill import run
+    from mathdistill.stages import package_dir, stage_code
 
-    pkg = tmp_path / "answers"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("from .grade import grade\n", encoding="utf-8")
-    (pkg / "grade.py").write_text("def grade(): return 1\n", encoding="utf-8")
-
-    def fake_find_spec(name):
-        spec = ModuleSpec(name, None, origin=str(pkg / "__init__.py"), is_package=True)
-        spec.submodule_search_locations = [str(pkg)]
-        return spec
-
-    monkeypatch.setattr(run, "find_spec", fake_find_spec)
-    run.code_version.cache_clear()
-    before = run.code_version("eval")["source_sha256"]
-    (pkg / "grade.py").write_text("def grade(): return 2\n", encoding="utf-8")
-    run.code_version.cache_clear()
-    assert run.code_version("eval")["source_sha256"] != before
-    run.code_version.cache_clear()
+    root = tmp_path / "mathdistill"  # a copy of the package to edit
+    shutil.copytree(package_dir(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    before = stage_code("eval", root)
+    assert "answers.grade" in before["modules"]
+    grade = root / "answers" / "grade.py"
+    grade.write_text(grade.read_text(encoding="utf-8") + "\n# a grader change\n", encoding="utf-8")
+    assert stage_code("eval", root)["source_sha256"] != before["source_sha256"]
