@@ -142,3 +142,34 @@ def test_the_client_is_not_on_raw_httpcore():
     raw = {m: sorted(d for d in _imported(m) if d == "httpcore" or d.startswith("httpcore."))
            for m in client}
     assert not any(raw.values()), {m: d for m, d in raw.items() if d}
+
+
+# Names a module other than a package's __init__ may pass on from another module: what users script.
+PUBLIC_REEXPORTS = {"mathdistill.train": {"TrainConfig"}}  # from mathdistill.train import train, TrainConfig
+
+
+def _passed_on(name: str) -> set[str]:
+    """Names a module imports from another ``mathdistill`` module only for others to import: listed in its
+    ``__all__``, or imported with ``# noqa: F401``."""
+    path = MODULES[name]
+    source = path.read_text(encoding="utf-8")
+    lines = source.splitlines()
+    tree = ast.parse(source)
+    exported: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            exported |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    out = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("mathdistill")):
+            noqa = any("noqa: F401" in lines[i - 1] for i in range(node.lineno, (node.end_lineno or node.lineno) + 1))
+            out |= {a.asname or a.name for a in node.names if noqa or (a.asname or a.name) in exported}
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(m for m, p in MODULES.items() if p.name != "__init__.py"))
+def test_no_module_passes_on_names_of_another(name):
+    """No re-exports, no shim: an importer imports a name from the module that defines it (a package's
+    ``__init__`` exporting its own submodules is its API)."""
+    extra = _passed_on(name) - PUBLIC_REEXPORTS.get(name, set())
+    assert not extra, f"{name} re-exports {sorted(extra)}: import them from where they are defined"
