@@ -38,7 +38,8 @@ def main() -> None:
     from mathdistill.config import build, read_preset
     from mathdistill.curate import CurateConfig, curate
     from mathdistill.evaluate import EvalConfig, evaluate
-    from mathdistill.export import ExportConfig, export, export_table
+    from mathdistill.export import ExportConfig, export
+    from mathdistill.plots import export_table
     from mathdistill.generate import GenerateConfig, generate
     from mathdistill.models import home
     from mathdistill.problems import ProblemsConfig, problems

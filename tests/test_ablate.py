@@ -176,7 +176,8 @@ def test_ray_missing_is_one_line_before_any_work(tiny_model, tmp_path, monkeypat
 def test_a_cell_that_trains_on_the_shared_eval_set_fails(tiny_model, tmp_path):
     from mathdistill.errors import UserError
     from mathdistill.problems import problems
-    from mathdistill.run import StageStore, execute
+    from mathdistill.run import execute
+    from mathdistill.stages import StageStore
 
     cfg = RunConfig.model_validate(tiny_base(tiny_model))
     problems(cfg.problems, tmp_path / "p")
@@ -189,7 +190,8 @@ def test_a_cell_that_trains_on_the_shared_eval_set_fails(tiny_model, tmp_path):
 
 def test_user_problem_files_are_part_of_the_key(tmp_path):
     from mathdistill.problems import ProblemsConfig, problems
-    from mathdistill.run import StageStore, problems_inputs, stage_config
+    from mathdistill.run import problems_inputs
+    from mathdistill.stages import StageStore, stage_config
 
     tr, ev = tmp_path / "train.jsonl", tmp_path / "eval.jsonl"
     tr.write_text('{"id": "t1", "question": "1 + 2 =", "answer": "3"}\n')
@@ -206,7 +208,7 @@ def test_user_problem_files_are_part_of_the_key(tmp_path):
 
 MEMORY_PROBE = """
 import psutil, torch
-from mathdistill.run import release_memory
+from mathdistill.stages import release_memory
 proc = psutil.Process()
 start = proc.memory_info().rss
 for _ in range(2):  # large freed blocks raise glibc's mmap threshold: later mid-size tensors stay in its heap

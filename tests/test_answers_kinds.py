@@ -424,3 +424,18 @@ def test_eval_writes_the_rule_and_counts_verdicts_per_rule():
                                         "choice letter": {"correct": 0, "wrong": 1},
                                         "no answer: truncated": {"correct": 0, "wrong": 1},
                                         "no answer: token limit": {"correct": 0, "wrong": 1}}
+
+
+def test_a_grader_change_is_a_code_change_the_stage_cache_sees(tmp_path):
+    """answers/ is a package: the stage key covers every module in it, not only its __init__.py."""
+    import shutil
+
+    from mathdistill.stages import package_dir, stage_code
+
+    root = tmp_path / "mathdistill"  # a copy of the package to edit
+    shutil.copytree(package_dir(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    before = stage_code("eval", root)
+    assert "answers.verdict" in before["modules"]
+    verdict = root / "answers" / "verdict.py"
+    verdict.write_text(verdict.read_text(encoding="utf-8") + "\n# a grader change\n", encoding="utf-8")
+    assert stage_code("eval", root)["source_sha256"] != before["source_sha256"]

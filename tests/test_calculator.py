@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from conftest import scripted_model
+from mathdistill.arith import MAX_DIGITS
 from mathdistill.backends import generate_batched
-from mathdistill.calculator import MAX_DIGITS, Calculator, result_for
+from mathdistill.calculator import Calculator, result_for
 from mathdistill.models import load, resolve
 
 # (text the model has written so far, what the calculator writes next; None: leave it to the model)

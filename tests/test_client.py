@@ -7,7 +7,7 @@ import pytest
 
 from mathdistill.cache import CallCache
 from mathdistill.client import (ChatClientConfig, ChatRequest, RunStats, parse_message, public_endpoint,
-                                retry_after_s, run_requests, split_think)
+                                retry_after_s, run_requests)
 from mathdistill.config import build
 from mathdistill.errors import UserError
 
@@ -237,12 +237,6 @@ def test_reasoning_from_the_server_lands_apart(server, mode):
     (r,) = run_requests(config(srv), requests(1))
     assert r.reasoning == "Let me think about: <q0> what is 6*7?"
     assert r.content.startswith("Final answer for <q0>") and "<think>" not in r.content
-
-
-def test_split_think_is_the_same_function_generate_exports():
-    from mathdistill.generate import split_think as g
-
-    assert g is split_think
 
 
 def test_cache_rows_keep_full_request_and_response_but_no_key(server, tmp_path, monkeypatch):

@@ -3,9 +3,9 @@ import json
 import pytest
 
 from conftest import write_jsonl
+from mathdistill.client import split_think
 from mathdistill.curate import CurateConfig, curate
 from mathdistill.errors import UserError
-from mathdistill.generate import split_think
 from mathdistill.prompts import EN_PROMPT, ZH_PROMPT
 from mathdistill.records import detect_lang
 

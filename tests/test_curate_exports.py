@@ -315,7 +315,7 @@ def test_train_tokenizes_a_llamafactory_row_as_llamafactory_renders_it(tiny_mode
     """Token level: what train feeds the student for a LLaMA-Factory row is the chat template applied to the
     turns LLaMA-Factory builds (system column, then instruction + newline + input)."""
     from mathdistill.models import load_tokenizer, resolve
-    from mathdistill.train import tokenize_example
+    from mathdistill.train_data import tokenize_example
 
     tok = load_tokenizer(resolve(str(tiny_model)))
     entry = {"columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}}

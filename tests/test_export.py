@@ -9,7 +9,8 @@ import torch
 from conftest import write_jsonl
 from mathdistill.errors import UserError
 from mathdistill.evaluate import EvalConfig, evaluate
-from mathdistill.export import ExportConfig, export, export_rows, export_table
+from mathdistill.export import ExportConfig, export
+from mathdistill.plots import export_rows, export_table
 from mathdistill.models import load, model_bytes, resolve
 from mathdistill.prompts import EN_PROMPT
 from mathdistill.scores import mls_score

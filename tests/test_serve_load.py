@@ -17,9 +17,9 @@ import openai
 import psutil
 import pytest
 
-from mathdistill.backends import render_prompt
+from mathdistill.backends import generate_batched, render_prompt
 from mathdistill.client import ChatClientConfig, ChatRequest, run_requests
-from mathdistill.evaluate import EvalConfig, generate_transformers, score_outputs
+from mathdistill.evaluate import score_outputs
 from mathdistill.models import load, model_bytes, resolve
 from mathdistill.prompts import instruction_for, messages
 from mathdistill.records import Problem
@@ -141,8 +141,8 @@ def test_eval_through_the_server_matches_local_eval(tiny_model, monkeypatch):
     model, tok = load(resolve(str(tiny_model)))
     probs = [Problem(id=f"q{i}", question=f"State the final answer to the following arithmetic problem: {a} + {b} =",
                      answer=str(a + b), source="chain_sum") for i, (a, b) in enumerate([(12, 35), (98, 93), (7, 6), (56, 33), (1, 2)])]
-    local = score_outputs(probs, generate_transformers(model, tok, [render_prompt(tok, p) for p in probs],
-                                                       EvalConfig(max_new_tokens=16, stop_at_answer=False, batch_size=5)))
+    local = score_outputs(probs, generate_batched(model, tok, [render_prompt(tok, p) for p in probs], max_new_tokens=16,
+                                                  batch_size=5, stop_at_answer=False))
     monkeypatch.setenv("MATHDISTILL_API_KEY", "eval-key")
     app = create_app(model, tok, ServeConfig(batch_wait_ms=20), name="student", api_key="eval-key")
     with ServerThread(app) as s:

@@ -20,7 +20,7 @@ from pydantic import Field
 from rich.markup import escape
 
 from .answers import grade
-from .backends import Backend, Generation, GenerationConfig, generate_batched, make_backend
+from .backends import Backend, Generation, GenerationConfig, make_backend
 from .config import StageConfig
 from .errors import UserError
 from .io import Tally, file_sha256, iter_raw, package_versions, read_json, write_json, write_jsonl
@@ -386,9 +386,3 @@ def format_compare(result: dict[str, Any]) -> list[str]:
         lines.append(f"{name:<12}{f(d['A'])}{f(d['B'])}{f(d['diff'], '+')}   {ci}  {verdict}")
     return lines
 
-
-def generate_transformers(model, tok, prompts: list[str], cfg: EvalConfig) -> list[dict[str, Any]]:
-    """Batched greedy generation as plain dicts ``{"output", "tokens", "finish_reason"}`` (kept for callers
-    of the first eval module; new code uses :func:`mathdistill.backends.generate_batched`)."""
-    gens = generate_batched(model, tok, prompts, cfg.max_new_tokens, cfg.batch_size, cfg.stop_at_answer)
-    return [{"output": g.output, "tokens": g.tokens, "finish_reason": g.finish_reason} for g in gens]

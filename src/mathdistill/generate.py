@@ -39,8 +39,7 @@ from .prompts import instruction_for, messages
 from .records import (FieldMap, Problem, Trace, detect_lang, read_problems, render_question, request_error,
                       split_reasoning, stable_id)
 
-__all__ = ["GenerateConfig", "ReferenceNoise", "generate", "split_think", "reference_traces", "noisy_reference_traces",
-           "generate_out_dir"]
+__all__ = ["GenerateConfig", "ReferenceNoise", "generate", "reference_traces", "noisy_reference_traces", "generate_out_dir"]
 
 CACHE_FILE = "cache.sqlite"
 # Files a generate run writes: a folder holding only these is reused by a rerun (a resume), no --overwrite.

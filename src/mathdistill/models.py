@@ -132,16 +132,24 @@ def _converted_gguf(spec: ModelSpec) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     info(f"converting {g.name} to fp32 safetensors once (cached in {dest}) ...")
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     tok = AutoTokenizer.from_pretrained(str(g.parent), gguf_file=g.name)
     model = AutoModelForCausalLM.from_pretrained(str(g.parent), gguf_file=g.name, dtype=torch.float32)
     model.hf_quantizer = None  # the weights are dequantized already; let save_pretrained write them
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    return save_once(model, tok, dest, note=f"dequantized from {g} (sha256 prefix {key})\n")
+
+
+def save_once(model: Any, tok: Any, dest: Path, note: str | None = None) -> Path:
+    """Write ``model`` (safetensors) and ``tok`` to the cache folder ``dest`` atomically: into a temporary sibling
+    renamed into place, so a reader never sees half a folder; when another process got there first, its folder
+    stays. ``note``: the text of a ``SOURCE.txt`` beside them. Returns ``dest``."""
+    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    (tmp / "SOURCE.txt").write_text(f"dequantized from {g} (sha256 prefix {key})\n")
+    if note is not None:
+        (tmp / "SOURCE.txt").write_text(note)
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.replace(tmp, dest)

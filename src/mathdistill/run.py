@@ -30,9 +30,8 @@ from .io import package_versions, prepare_out_dir, read_json, read_jsonl, write_
 from .problems import ProblemsConfig, problems
 from .progress import info
 from .report import report
-from .stages import (MANIFEST, NOT_IN_KEY, CachedFailure, NotCached, StageResult, StageStore,  # noqa: F401
-                     check_diverged, code_version, digest, file_digest, merge_traces, release_memory, split_sources,
-                     stage_config, tree_files)
+from .stages import (CachedFailure, NotCached, StageResult, StageStore, check_diverged, digest, file_digest, merge_traces,
+                     split_sources, stage_config)
 from .train import TrainConfig, train
 
 PER_MODEL_FIELDS = ("AS", "CQS", "ES", "MLS", "overall", "mean_tokens", "model_bytes", "n", "cqs_kind", "by_family",

@@ -11,7 +11,7 @@ from ..errors import UserError
 from ..io import Tally
 from ..progress import bar
 from ..records import read_problems
-from .rows import Ctx, Row, _drop
+from .rows import Ctx, Row, drop_row
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,7 +32,7 @@ def ngrams(ws: list[str], n: int) -> set[tuple[str, ...]]:
     return {tuple(ws[i: i + n]) for i in range(len(ws) - n + 1)}
 
 
-def _decontaminate(rows: list[Row], ctx: Ctx) -> list[Row]:
+def decontaminate_rows(rows: list[Row], ctx: Ctx) -> list[Row]:
     c = ctx.cfg.decontaminate
     if not ctx.eval_paths:
         raise UserError("curate: the decontaminate step needs eval problems: pass --eval-problems FILE "
@@ -59,7 +59,7 @@ def _decontaminate(rows: list[Row], ctx: Ctx) -> list[Row]:
         if hit is None:
             keep.append(r)
         else:
-            _drop(ctx, "decontaminate: eval_overlap", r, f"eval problem {hit}")
+            drop_row(ctx, "decontaminate: eval_overlap", r, f"eval problem {hit}")
     ctx.agreement.setdefault("decontaminate", {})["eval_ngrams"] = len(grams)
     return keep
 
@@ -120,7 +120,7 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
     return lsh.b, lsh.r
 
 
-def _dedup(rows: list[Row], ctx: Ctx) -> list[Row]:
+def dedup_rows(rows: list[Row], ctx: Ctx) -> list[Row]:
     """Exact duplicates by their normalized words, then near duplicates by MinHash LSH: datasketch's
     MinHash signatures and band parameters; the band index is numpy group ids, because MinHashLSH's
     per-row query + insert (a byteswap per band, twice) was 4 of 8 seconds on 25k rows. A row is dropped
@@ -137,7 +137,7 @@ def _dedup(rows: list[Row], ctx: Ctx) -> list[Row]:
         ws = words(_dedup_text(r, c.key, ctx.cfg.keep_think))
         norm = " ".join(ws)
         if norm in exact:
-            _drop(ctx, "dedup: exact_duplicate", r, f"of {rows[exact[norm]].where}")
+            drop_row(ctx, "dedup: exact_duplicate", r, f"of {rows[exact[norm]].where}")
         else:
             exact[norm] = i
             todo.append(i)
@@ -167,7 +167,7 @@ def _dedup(rows: list[Row], ctx: Ctx) -> list[Row]:
         cands = sorted({j for k in range(n_bands) for j in buckets[k].get(band_ids[k][n], ())})
         dup = next((j for j in cands if np.count_nonzero(sig[j] == sig[n]) >= need), None)
         if dup is not None:
-            _drop(ctx, "dedup: near_duplicate", rows[i], f"of {rows[todo[dup]].where}")
+            drop_row(ctx, "dedup: near_duplicate", rows[i], f"of {rows[todo[dup]].where}")
             continue
         for k in range(n_bands):
             buckets[k].setdefault(band_ids[k][n], []).append(n)

@@ -32,7 +32,7 @@ def _clean_text(s: str, tally: Tally) -> str:
     return s
 
 
-def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str | Path], tally: Tally) -> list[Row]:
+def join_traces(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str | Path], tally: Tally) -> list[Row]:
     probs: dict[str, Problem] = {}
     for pp in problems_paths:
         for p in read_problems(pp, cfg.problem_fields, tally, question_template=cfg.question_template):

@@ -16,7 +16,7 @@ def _hist(values: list[float], edges: list[float]) -> list[int]:
     return counts
 
 
-def _summary(values: list[int]) -> dict[str, Any]:
+def length_summary(values: list[int]) -> dict[str, Any]:
     if not values:
         return {"n": 0}
     s = sorted(values)
@@ -27,7 +27,7 @@ def _summary(values: list[int]) -> dict[str, Any]:
 AGREEMENT_EDGES = [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 
 
-def _agreement_report(agreement: dict[str, Any]) -> dict[str, Any]:
+def agreement_report(agreement: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if "reference" in agreement:
         a = agreement["reference"]
@@ -43,7 +43,7 @@ def _agreement_report(agreement: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _plot(path: Path, report: dict[str, Any], before: list[int], after: list[int], unit: str,
+def plot_lengths(path: Path, report: dict[str, Any], before: list[int], after: list[int], unit: str,
           agreement: dict[str, Any]) -> None:
     import matplotlib
 
@@ -110,7 +110,7 @@ def _plot(path: Path, report: dict[str, Any], before: list[int], after: list[int
     plt.close(fig)
 
 
-def _markdown(report: dict[str, Any], plot: str | None) -> str:
+def report_markdown(report: dict[str, Any], plot: str | None) -> str:
     L = ["# Curate report", "",
          f"**{report['rows_in']} traces in, {report['rows_out']} training rows out** "
          f"(formats: {', '.join(report['files'].values()) or 'none'}).", "",

@@ -89,11 +89,11 @@ class Ctx:
         return [r._tokens for r in rows]  # type: ignore[misc]
 
 
-def _drop(ctx: Ctx, reason: str, r: Row, detail: str = "") -> None:
+def drop_row(ctx: Ctx, reason: str, r: Row, detail: str = "") -> None:
     ctx.tally.add(reason, f"{r.where}: {r.pid}" + (f" ({detail})" if detail else ""))
 
 
-def _groups(rows: list[Row]) -> dict[str, list[Row]]:
+def by_problem(rows: list[Row]) -> dict[str, list[Row]]:
     """Rows by problem id, problems in first-appearance order (dicts keep insertion order)."""
     g: dict[str, list[Row]] = {}
     for r in rows:

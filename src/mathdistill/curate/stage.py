@@ -13,8 +13,8 @@ from ..progress import info
 from ..prompts import instruction_for
 from ..records import detect_lang
 from .config import CurateConfig
-from .join import _join
-from .report import _agreement_report, _markdown, _plot, _summary
+from .join import join_traces
+from .report import agreement_report, report_markdown, plot_lengths, length_summary
 from .rows import Ctx
 from .steps import STEPS
 
@@ -46,7 +46,7 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
     tally = Tally()
     eval_paths = [Path(p) for p in [*cfg.decontaminate.eval_problems, *(eval_problems or [])]]
     problems_paths = list(problems_paths or [])
-    rows = _join(cfg, traces_path, problems_paths, tally)
+    rows = join_traces(cfg, traces_path, problems_paths, tally)
     ctx = Ctx(cfg, tally, eval_paths)
     n_in = len(rows)
     raw_lengths_text = [r.text(cfg.keep_think) for r in rows]  # "before": as read, think tags and all
@@ -94,10 +94,10 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
         "languages_in": dict(sorted(langs_in.items())),
         "languages": {k: sum(d["lang"] == k for d in dataset) for k in sorted({d["lang"] for d in dataset})},
         "by_family": {f: sum(d["source"] == f for d in dataset) for f in sorted({d["source"] for d in dataset})},
-        "lengths": {"unit": unit, "before": _summary(before_len), "after": _summary(after_len),
+        "lengths": {"unit": unit, "before": length_summary(before_len), "after": length_summary(after_len),
                     "before_sampled_every": step},
         "flagged": {"truncated_kept": truncated},
-        "agreement": _agreement_report(ctx.agreement),
+        "agreement": agreement_report(ctx.agreement),
         "grader": ctx.grade.to_dict(),
         "files": {},
         "inputs": {str(p): file_sha256(p) for p in [Path(traces_path), *map(Path, problems_paths),
@@ -116,9 +116,9 @@ def curate(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str 
     plot = None
     if cfg.plot:
         plot = "curate_report.png"
-        _plot(out / plot, report, before_len, after_len, unit, ctx.agreement)
+        plot_lengths(out / plot, report, before_len, after_len, unit, ctx.agreement)
     write_json(out / "curate_report.json", report)
-    (out / "curate_report.md").write_text(_markdown(report, plot), encoding="utf-8")
+    (out / "curate_report.md").write_text(report_markdown(report, plot), encoding="utf-8")
     timing["report"] = round(time.monotonic() - t, 2)
     timing["total"] = round(time.monotonic() - t_start, 2)
     steps_txt = ", ".join(f"{s['step']} -{s['removed']}" for s in per_step)

@@ -8,8 +8,8 @@ from ..answers import GradeOptions, answers_equal, extract_answer
 from ..records import split_reasoning
 from ..progress import bar
 from .config import STEP_NAMES, CurateConfig
-from .dedup import _decontaminate, _dedup
-from .rows import Ctx, Row, _drop, _groups
+from .dedup import decontaminate_rows, dedup_rows
+from .rows import Ctx, Row, drop_row, by_problem
 
 
 def _strip_think(rows: list[Row], ctx: Ctx) -> list[Row]:
@@ -34,7 +34,7 @@ def _drop_empty(rows: list[Row], ctx: Ctx) -> list[Row]:
         if r.output.strip():
             keep.append(r)
         else:
-            _drop(ctx, "drop_empty: removed", r)
+            drop_row(ctx, "drop_empty: removed", r)
     return keep
 
 
@@ -42,7 +42,7 @@ def _drop_truncated(rows: list[Row], ctx: Ctx) -> list[Row]:
     keep = []
     for r in rows:
         if (r.finish_reason or "").lower() == "length":
-            _drop(ctx, "drop_truncated: removed", r)
+            drop_row(ctx, "drop_truncated: removed", r)
         else:
             keep.append(r)
     return keep
@@ -65,7 +65,7 @@ def _majority_vote(rows: list[Row], ctx: Ctx) -> list[Row]:
     keep: list[Row] = []
     agreements: list[float] = []
     labelled = 0
-    for pid, group in _groups(rows).items():
+    for pid, group in by_problem(rows).items():
         if group[0].problem.answer is not None:
             keep.extend(group)  # has a reference: verify_answer's job
             continue
@@ -96,7 +96,7 @@ def _majority_vote(rows: list[Row], ctx: Ctx) -> list[Row]:
             agreements.append(agreement)
         if reason:
             for r in group:
-                _drop(ctx, reason, r, f"agreement {agreement:.2f}")
+                drop_row(ctx, reason, r, f"agreement {agreement:.2f}")
             continue
         labelled += 1
         for r in group:
@@ -104,7 +104,7 @@ def _majority_vote(rows: list[Row], ctx: Ctx) -> list[Row]:
             if c.keep == "all" or any(r is x for x in top):
                 keep.append(r)
             else:
-                _drop(ctx, "majority_vote: disagrees", r, f"{r.answer!r} vs {r.label!r}")
+                drop_row(ctx, "majority_vote: disagrees", r, f"{r.answer!r} vs {r.label!r}")
     ctx.agreement["vote"] = {"problems": len(agreements), "labelled": labelled, "values": agreements}
     return keep
 
@@ -122,7 +122,7 @@ def _verify_answer(rows: list[Row], ctx: Ctx) -> list[Row]:
                     ctx.tally.add("verify_answer: kept_no_reference")
                     keep.append(r)
                 else:
-                    _drop(ctx, "verify_answer: no_reference", r)
+                    drop_row(ctx, "verify_answer: no_reference", r)
             else:
                 ok = answers_equal(_answer(r), ref, opts, ctx.grade)
                 if r.problem.answer is not None:
@@ -130,9 +130,9 @@ def _verify_answer(rows: list[Row], ctx: Ctx) -> list[Row]:
                 if ok:
                     keep.append(r)
                 elif r.answer is None:
-                    _drop(ctx, "verify_answer: no_answer", r)
+                    drop_row(ctx, "verify_answer: no_answer", r)
                 else:
-                    _drop(ctx, "verify_answer: wrong", r, f"{r.answer!r} vs {ref!r}")
+                    drop_row(ctx, "verify_answer: wrong", r, f"{r.answer!r} vs {ref!r}")
             if i % 1000 == 999:
                 b.advance(1000)
         b.advance(len(rows) % 1000)
@@ -191,7 +191,7 @@ def _arith_check(rows: list[Row], ctx: Ctx) -> list[Row]:
             continue
         detail = f"{bad[0].expr} = {bad[0].claimed} (is {bad[0].value})"
         if action == "drop":
-            _drop(ctx, "arith_check: wrong_step", r, detail)
+            drop_row(ctx, "arith_check: wrong_step", r, detail)
         elif action == "keep":
             ctx.tally.add("arith_check: wrong_step_kept", f"{r.where}: {r.pid} ({detail})")
             keep.append(r)
@@ -200,7 +200,7 @@ def _arith_check(rows: list[Row], ctx: Ctx) -> list[Row]:
             if why is None:
                 keep.append(r)
             else:
-                _drop(ctx, f"arith_check: unrepairable_{why}", r, detail)
+                drop_row(ctx, f"arith_check: unrepairable_{why}", r, detail)
     return keep
 
 
@@ -210,7 +210,7 @@ def _select(rows: list[Row], ctx: Ctx) -> list[Row]:
         lengths = ctx.tokens(rows) if c.by == "tokens" else [len(r.text(ctx.cfg.keep_think)) for r in rows]
         length = {id(r): n for r, n in zip(rows, lengths)}
     chosen: set[int] = set()
-    for group in _groups(rows).values():
+    for group in by_problem(rows).values():
         if c.mode == "shortest":
             group = sorted(group, key=lambda r: (length[id(r)], r.sample, r.idx))
         chosen.update(id(r) for r in group[: c.k])
@@ -219,7 +219,7 @@ def _select(rows: list[Row], ctx: Ctx) -> list[Row]:
         if id(r) in chosen:
             keep.append(r)
         else:
-            _drop(ctx, "select: not_selected", r)
+            drop_row(ctx, "select: not_selected", r)
     return keep
 
 
@@ -228,9 +228,9 @@ def _length_filter(rows: list[Row], ctx: Ctx) -> list[Row]:
     keep = []
     for r, n in zip(rows, ctx.tokens(rows)):
         if n < c.min_tokens:
-            _drop(ctx, "length_filter: too_short", r, f"{n} tokens")
+            drop_row(ctx, "length_filter: too_short", r, f"{n} tokens")
         elif n > c.max_tokens:
-            _drop(ctx, "length_filter: too_long", r, f"{n} tokens")
+            drop_row(ctx, "length_filter: too_long", r, f"{n} tokens")
         else:
             keep.append(r)
     return keep
@@ -245,7 +245,7 @@ STEPS: dict[str, Callable[[list[Row], Ctx], list[Row]]] = {
     "arith_check": _arith_check,
     "select": _select,
     "length_filter": _length_filter,
-    "decontaminate": _decontaminate,
-    "dedup": _dedup,
+    "decontaminate": decontaminate_rows,
+    "dedup": dedup_rows,
 }
 assert tuple(STEPS) == STEP_NAMES

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import sys
 from pathlib import Path
 
 from ..errors import UserError
-from ..models import ModelSpec, home, load, load_path
+from ..models import ModelSpec, home, load, load_path, save_once
 from ..progress import info
 from .config import ServeConfig
 
@@ -35,16 +34,7 @@ def merged_folder(spec: ModelSpec, dtype: str) -> str:
         return str(dest)
     info(f"merging the LoRA adapter into the base model once (cached in {dest}) ...")
     model, tok = load(spec, dtype=dtype, merge=True)
-    tmp = dest.with_name(dest.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.replace(tmp, dest)
-    except OSError:  # another process won the race
-        shutil.rmtree(tmp, ignore_errors=True)
-    return str(dest)
+    return str(save_once(model, tok, dest))
 
 
 def check_vllm() -> None:
