@@ -10,9 +10,10 @@ from conftest import write_jsonl
 from mathdistill.curate import CurateConfig, curate
 from mathdistill.errors import UserError
 from mathdistill.evaluate import EvalConfig, evaluate
+from mathdistill.generate import GenerateConfig, generate
 from mathdistill.io import Tally, get_path, iter_raw, path_beside, write_dataset_files
 from mathdistill.prompts import EN_PROMPT, alpaca_rows, messages
-from mathdistill.records import read_problems, render_question, split_reasoning, whole_number
+from mathdistill.records import id_text, read_problems, render_question, split_reasoning, whole_number
 
 DATA = Path(__file__).parent / "data" / "exports"
 BATCH_CONTENT = "response.body.choices.0.message.content"
@@ -116,6 +117,34 @@ def test_problems_with_numbers_and_extra_columns_are_read():
 def test_float_ids_from_pandas_are_whole(tmp_path):
     f = write_jsonl(tmp_path / "p.jsonl", [{"id": 7.0, "question": "q?", "answer": 1.0}, {"id": 7.5, "question": "r?"}])
     assert [(p.id, p.answer) for p in read_problems(f)] == [("7", "1.0"), ("7.5", None)]
+
+
+@pytest.mark.parametrize("raw,want", [(7, "7"), (7.0, "7"), ("7.0", "7"), (" 7 ", "7"), ("p7", "p7"), (7.5, "7.5"),
+                                      ("1.10", "1.10"), ("007", "007"), (None, None), ("", None)])
+def test_id_text_reads_a_pandas_float_id_as_the_integer_id(raw, want):
+    assert id_text(raw) == want
+
+
+@pytest.mark.parametrize("pid", [1.0, "1.0", 1])
+@pytest.mark.parametrize("reader", ["generate", "curate", "eval"])
+def test_every_reader_joins_a_float_id_to_the_integer_problem_id(tmp_path, reader, pid):
+    """pandas writes an int id column with a gap as 1.0 (JSON) or "1.0" (CSV): the row still belongs to problem 1
+    in generate --from-file, curate and eval --predictions, as read_problems already reads the problems file."""
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "question": "What is 2 + 3?", "answer": 5},
+                                               {"id": 2, "question": "What is 6 * 7?", "answer": 42}])
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"problem_id": pid, "question": "not the question text",
+                                                  "output": "#### 5", "tokens": 9}])
+    if reader == "generate":
+        generate(GenerateConfig(id_field="problem_id"), probs, tmp_path / "g", from_file=rows)
+        got = [json.loads(x)["problem_id"] for x in (tmp_path / "g" / "traces.jsonl").read_text().splitlines()]
+    elif reader == "curate":
+        curate(CurateConfig.model_validate({"trace_fields": {"content_field": "output"}}), rows, [probs], tmp_path / "c")
+        got = [r["problem_id"] for r in load(tmp_path / "c" / "dataset.json")]
+    else:
+        evaluate(EvalConfig(report=False), probs, tmp_path / "e", model=None, predictions=rows)
+        got = [p["problem_id"] for p in map(json.loads, (tmp_path / "e" / "predictions.jsonl").read_text().splitlines())
+               if p["correct"]]
+    assert got == ["1"]
 
 
 @pytest.mark.parametrize("raw,want", [(123, 123), (123.0, 123), ("123.0", 123), (" 7 ", 7), (None, None), ("", None)])
@@ -315,7 +344,7 @@ def test_train_tokenizes_a_llamafactory_row_as_llamafactory_renders_it(tiny_mode
     """Token level: what train feeds the student for a LLaMA-Factory row is the chat template applied to the
     turns LLaMA-Factory builds (system column, then instruction + newline + input)."""
     from mathdistill.models import load_tokenizer, resolve
-    from mathdistill.train import tokenize_example
+    from mathdistill.train_data import tokenize_example
 
     tok = load_tokenizer(resolve(str(tiny_model)))
     entry = {"columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}}

@@ -27,7 +27,7 @@ from .io import Tally, file_sha256, iter_raw, package_versions, read_json, write
 from .judge import JudgeConfig, judge
 from .models import DEFAULT_STUDENT, load_tokenizer, model_bytes, resolve
 from .progress import info
-from .records import FieldMap, Prediction, Problem, answer_text, read_problems, whole_number
+from .records import FieldMap, Prediction, Problem, answer_text, id_text, read_problems, whole_number
 from .scores import INTERVAL_KEYS, ScoreConfig, aggregate, cqs_proxy, paired_bootstrap
 
 __all__ = ["EvalConfig", "PredictionFields", "evaluate", "compare", "score_outputs"]
@@ -137,11 +137,10 @@ def read_predictions(path: str | Path, probs: list[Problem], f: PredictionFields
     rows = 0
     for where, rec in iter_raw(p, tally):
         rows += 1
-        pid = rec.get(f.id_field)
-        if pid is None or str(pid).strip() == "":
+        pid = id_text(rec.get(f.id_field))  # 7.0 / "7.0" (pandas) is the problem "7"
+        if pid is None:
             tally.add("no_id", f"{where}: no {f.id_field!r} field")
             continue
-        pid = str(pid).strip()
         if f.output_field not in rec:
             tally.add("no_output", f"{where}: no {f.output_field!r} field")
             continue

@@ -36,7 +36,7 @@ from .errors import PartialRun, UserError
 from .io import Tally, file_sha256, get_path, iter_raw, package_versions, path_beside, prepare_out_dir, write_json, write_jsonl
 from .progress import info
 from .prompts import instruction_for, messages
-from .records import (FieldMap, Problem, Trace, detect_lang, read_problems, render_question, request_error,
+from .records import (FieldMap, Problem, Trace, detect_lang, id_text, read_problems, render_question, request_error,
                       split_reasoning, stable_id)
 
 __all__ = ["GenerateConfig", "ReferenceNoise", "generate", "split_think", "reference_traces", "noisy_reference_traces",
@@ -400,7 +400,7 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
             q_what = f"{', '.join(map(repr, missing))} for --question-template"
         else:
             q, q_what = _text(get_path(rec, cfg.question_field)), f"{cfg.question_field!r} field"
-        pid = _text(get_path(rec, cfg.id_field))
+        pid = id_text(get_path(rec, cfg.id_field))
         if by_id is not None:
             p = by_id.get(pid) if pid else None
             p = p or (by_q.get(" ".join(q.split())) if q else None)

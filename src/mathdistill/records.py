@@ -190,6 +190,23 @@ def whole_number(v: Any) -> int | None:
     return int(f)
 
 
+_FLOAT_INT = re.compile(r"^[+-]?\d+\.0+$")
+
+
+def id_text(v: Any) -> str | None:
+    """An id as text, the same from every reader and exporter: ``7``, ``7.0`` and ``"7.0"`` (pandas writes an int
+    column with a gap as floats, in JSON and CSV alike) -> ``"7"``; other values stripped (``"007"``, ``"1.10"``
+    kept as written); None/"" -> None."""
+    if v is None:
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    s = str(v).strip()
+    if _FLOAT_INT.match(s):
+        s = s.split(".", 1)[0]
+    return s or None
+
+
 _LETTERED = re.compile(r"^\(?[A-Za-z][).:]\s*")
 
 
@@ -266,10 +283,7 @@ def read_problems(path: str | Path, fields: FieldMap | None = None, tally: Tally
         if q is None:
             tally.add("missing_question", f"{where}: no {fields.question_field!r} field")
             continue
-        raw_id = rec.get(fields.id_field)
-        if isinstance(raw_id, float) and raw_id.is_integer():
-            raw_id = int(raw_id)  # pandas writes an int column with a gap as floats: 7.0 is the id "7"
-        pid = _clean(raw_id) or stable_id(q)
+        pid = id_text(rec.get(fields.id_field)) or stable_id(q)
         meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
         out.append(Problem(
             id=pid,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..io import Tally, get_path, iter_raw, path_beside
-from ..records import Problem, detect_lang, read_problems, render_question, request_error, stable_id, whole_number
+from ..records import Problem, detect_lang, id_text, read_problems, render_question, request_error, stable_id, whole_number
 from .config import CurateConfig
 from .rows import Row
 
@@ -49,7 +49,7 @@ def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str |
         question, _ = _text_field(rec, f.question_field, where, tally)
         if cfg.question_template:
             question = render_question(cfg.question_template, rec)[0] or question
-        pid = pid.strip() if pid else None
+        pid = id_text(pid)  # 7, 7.0 and "7.0" (pandas) are the problem "7", as in the problems file
         if pid is None and question and question.strip():
             pid = stable_id(question.strip())
         if pid is None:
