@@ -463,3 +463,27 @@ def test_a_repeated_problem_id_is_counted_with_its_line(server, tmp_path):
     assert [t["problem_id"] for t in read(out / "traces.jsonl")] == ["1"] and len(srv.log) == 1
     skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
     assert skipped["examples"]["duplicate_id"] == [f"{probs}:2: 1 (the first one is kept)"]
+
+
+def _batch_line(req_id, custom_id, content, finish="stop"):
+    return {"id": req_id, "custom_id": custom_id, "error": None, "response": {"status_code": 200, "request_id": req_id,
+            "body": {"id": f"chatcmpl-{req_id}", "choices": [{"index": 0, "message": {"role": "assistant",
+                     "content": content}, "finish_reason": finish}]}}}
+
+
+@pytest.mark.parametrize("second,samples,duplicates", [
+    (_batch_line("batch_req_b", "p1", "#### 1"), [0], 1),     # resubmitted: new request ids, same answer
+    (_batch_line("batch_req_a", "p1", "#### 1"), [0], 1),     # the same output file appended again
+    (_batch_line("batch_req_b", "p1", "so #### 1"), [0, 1], 0),  # resubmitted and sampled again: a new sample
+])
+def test_from_file_a_resubmitted_batch_request_is_not_a_second_sample(tmp_path, second, samples, duplicates):
+    """A custom_id answered twice with the same text is one sample, as curate counts it (duplicate_line), even
+    when the batch and request ids differ (a resubmitted batch); a different text is another sample."""
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "question": "1 + 0?", "answer": "1"}])
+    export = write_jsonl(tmp_path / "batch.jsonl", [_batch_line("batch_req_a", "p1", "#### 1"), second])
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", export, "--problems", probs, "--out", out, "--id-field", "custom_id",
+                   "--output-field", BATCH_CONTENT.format(0)]) == 0
+    assert [t["sample"] for t in read(out / "traces.jsonl")] == samples
+    skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
+    assert skipped["counts"].get("duplicate_line", 0) == duplicates

@@ -384,6 +384,7 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
     by_q = {" ".join(p.question.split()): p for p in probs} if probs is not None else None
     made: dict[str, Problem] = {}
     samples: dict[str, int] = {}
+    seen: dict[tuple, str] = {}  # (problem, custom_id, text) -> the file:line of the first
     teacher = cfg.model or f"import:{Path(from_file).name}"
     traces = []
     for where, rec in iter_raw(from_file, tally, duplicates=True):  # a resubmitted batch: counted, not a sample
@@ -422,6 +423,12 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
         inline, content = split_reasoning(str(output))
         field_r = _text(get_path(rec, cfg.reasoning_field))
         reasoning = "\n".join(x for x in (field_r, inline) if x) or None
+        if "custom_id" in rec:  # a batch request answered twice with the same text (a resubmitted batch: new
+            key = (p.id, str(rec["custom_id"]), content, reasoning)  # request ids), counted as curate counts it
+            first = seen.setdefault(key, where)
+            if first is not where:
+                tally.add("duplicate_line", f"{where}: same sample as {first}")
+                continue
         sample = samples.get(p.id, 0)
         samples[p.id] = sample + 1
         traces.append(Trace(problem_id=p.id, teacher=teacher, sample=sample, reasoning=reasoning, content=content,
