@@ -68,6 +68,23 @@ def test_curate_reads_finish_reason_of_the_same_choice(tmp_path, choice, finish)
         assert counts["request_failed"] == 2 and "null_field: " + cfg.trace_fields.content_field not in counts
 
 
+@pytest.mark.parametrize("content_field,rows,truncated", [
+    ("response.body.choices.*.message.content", ["#### 8", "so #### 8", "let me"], 1),  # n=3: three samples
+    ("response.body.choices.1.message.content", ["so #### 8"], 0),
+])
+def test_curate_reads_every_choice_of_an_n_request(tmp_path, content_field, rows, truncated):
+    """A batch request sent with n=3: ``choices.*`` makes each choice a sample, each with its own finish_reason
+    (the cut-off third is flagged by the seed recipe)."""
+    line = {"custom_id": "p1", "response": {"status_code": 200, "body": {"choices": [
+        {"index": i, "message": {"content": c}, "finish_reason": f}
+        for i, (c, f) in enumerate([("#### 8", "stop"), ("so #### 8", "stop"), ("let me", "length")])]}}}
+    traces = write_jsonl(tmp_path / "b.jsonl", [line])
+    cfg = CurateConfig(plot=False, trace_fields={"problem_id_field": "custom_id", "content_field": content_field})
+    rep = curate(cfg, traces, [DATA / "batch_problems.jsonl"], tmp_path / "o")
+    assert [r["output"] for r in load(tmp_path / "o" / "dataset.json")] == rows
+    assert rep["counts"]["counts"].get("flagged: truncated_kept", 0) == truncated
+
+
 @pytest.mark.parametrize("second,kept", [
     ({"problem_id": "p1", "sample": 0, "content": "#### 8"}, 1),   # the same sample written twice: counted once
     ({"problem_id": "p1", "sample": 1, "content": "#### 8"}, 2),   # another sample with the same text: kept

@@ -487,3 +487,27 @@ def test_from_file_a_resubmitted_batch_request_is_not_a_second_sample(tmp_path, 
     assert [t["sample"] for t in read(out / "traces.jsonl")] == samples
     skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
     assert skipped["counts"].get("duplicate_line", 0) == duplicates
+
+
+def _n_line(custom_id, choices):
+    return {"id": f"batch_req_{custom_id}", "custom_id": custom_id, "error": None, "response": {"status_code": 200,
+            "body": {"choices": [{"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": f}
+                                 for i, (c, f) in enumerate(choices)]}}}
+
+
+@pytest.mark.parametrize("field,expected", [
+    ("response.body.choices.*.message.content", [("p1", 0, "#### 1", "stop"), ("p1", 1, "so #### 1", "stop"),
+                                                 ("p1", 2, "let me", "length"), ("p2", 0, "#### 2", "stop")]),
+    ("response.body.choices.0.message.content", [("p1", 0, "#### 1", "stop"), ("p2", 0, "#### 2", "stop")]),
+    ("response.body.choices.2.message.content", [("p1", 0, "let me", "length")]),
+])
+def test_from_file_n_choices_are_samples_with_their_own_finish_reason(tmp_path, field, expected):
+    """A batch request sent with n=3 holds 3 choices: ``choices.*`` imports each as a sample, each with the
+    finish_reason of its own choice; a fixed index imports that choice only."""
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "question": "1 + 0?"}, {"id": "p2", "question": "2 + 0?"}])
+    export = write_jsonl(tmp_path / "batch.jsonl", [
+        _n_line("p1", [("#### 1", "stop"), ("so #### 1", "stop"), ("let me", "length")]), _n_line("p2", [("#### 2", "stop")])])
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", export, "--problems", probs, "--out", out, "--id-field", "custom_id",
+                   "--output-field", field]) == 0
+    assert [(t["problem_id"], t["sample"], t["content"], t["finish_reason"]) for t in read(out / "traces.jsonl")] == expected

@@ -33,7 +33,7 @@ from .cache import CallCache, NewCall
 from .client import ChatClientConfig, ChatRequest, RunStats, plan_requests, request_keys, run_requests, split_think
 from .config import StageConfig
 from .errors import PartialRun, UserError
-from .io import Tally, file_sha256, get_path, iter_raw, package_versions, path_beside, prepare_out_dir, write_json, write_jsonl
+from .io import Tally, each_item, file_sha256, get_path, iter_raw, package_versions, path_beside, prepare_out_dir, write_json, write_jsonl
 from .progress import info
 from .prompts import instruction_for, messages
 from .records import (FieldMap, Problem, Trace, detect_lang, id_text, read_problems, render_question, request_error,
@@ -84,7 +84,8 @@ class GenerateConfig(ChatClientConfig):
     reference_think: bool = Field(False, description="reference backend: write each chain as <think>working</think> "
                                   "then its final answer line, as teacher outputs with inline think tags look")
     output_field: str = Field("output", description="--from-file: field with the teacher's output "
-                              "(inline <think>...</think>, SkyThought's and <reasoning> tags are split off into the reasoning)")
+                              "(inline <think>...</think>, SkyThought's and <reasoning> tags are split off into the reasoning); a * "
+                              "part imports every item as a sample (response.body.choices.*.message.content: all n choices)")
     finish_reason_field: str | None = Field(None, description="--from-file: field with the stop reason (length = "
                                             "truncated); unset: the nearest finish_reason beside --output-field "
                                             "(response.body.choices.0.finish_reason in an OpenAI Batch output)")
@@ -364,22 +365,28 @@ def _text(v: Any) -> str | None:
     return s.strip() or None
 
 
-def _finish_reason(cfg: GenerateConfig, rec: dict[str, Any]) -> str | None:
+def _finish_reason(rec: dict[str, Any], output_field: str, finish_reason_field: str | None) -> str | None:
     """The stop reason of the same choice as the output: ``--finish-reason-field``, else the nearest
     ``finish_reason`` beside ``--output-field``."""
-    if cfg.finish_reason_field:
-        return _text(get_path(rec, cfg.finish_reason_field))
-    for path in path_beside(cfg.output_field, "finish_reason"):
+    if finish_reason_field:
+        return _text(get_path(rec, finish_reason_field))
+    for path in path_beside(output_field, "finish_reason"):
         v = _text(get_path(rec, path))
         if v is not None:
             return v
     return None
 
 
+def _has_text(v: Any) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool) and bool(str(v).strip())
+
+
 def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Problem] | None,
                   tally: Tally) -> tuple[list[Trace], list[Problem]]:
     """Traces from a batch-inference export. With ``probs``, rows are matched to them by id, else by
-    question text; without, each distinct question becomes a Problem (id from the id field or its hash)."""
+    question text; without, each distinct question becomes a Problem (id from the id field or its hash).
+    A ``*`` in ``--output-field`` (``response.body.choices.*.message.content``) imports every choice of a line as
+    its own sample, reasoning and finish_reason read from the same choice (io.each_item)."""
     by_id = {p.id: p for p in probs} if probs is not None else None
     by_q = {" ".join(p.question.split()): p for p in probs} if probs is not None else None
     made: dict[str, Problem] = {}
@@ -388,8 +395,9 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
     teacher = cfg.model or f"import:{Path(from_file).name}"
     traces = []
     for where, rec in iter_raw(from_file, tally, duplicates=True):  # a resubmitted batch: counted, not a sample
-        output = get_path(rec, cfg.output_field)
-        if not isinstance(output, (str, int, float)) or not str(output).strip():
+        choices = [(get_path(rec, o), r, o, f) for o, r, f in
+                   each_item(rec, cfg.output_field, cfg.reasoning_field, cfg.finish_reason_field)]
+        if not any(_has_text(c[0]) for c in choices):
             err = request_error(rec)
             if err:
                 tally.add("request_failed", f"{where}: {err}")
@@ -420,19 +428,23 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
             elif " ".join(p.question.split()) != " ".join(q.split()):
                 tally.add("conflicting_id", f"{where}: id {pid!r} already has another question")
                 continue
-        inline, content = split_reasoning(str(output))
-        field_r = _text(get_path(rec, cfg.reasoning_field))
-        reasoning = "\n".join(x for x in (field_r, inline) if x) or None
-        if "custom_id" in rec:  # a batch request answered twice with the same text (a resubmitted batch: new
-            key = (p.id, str(rec["custom_id"]), content, reasoning)  # request ids), counted as curate counts it
-            first = seen.setdefault(key, where)
-            if first is not where:
-                tally.add("duplicate_line", f"{where}: same sample as {first}")
+        for output, reasoning_field, output_field, finish_field in choices:
+            if not _has_text(output):
+                tally.add("missing_output", f"{where}: no text in {output_field!r}")
                 continue
-        sample = samples.get(p.id, 0)
-        samples[p.id] = sample + 1
-        traces.append(Trace(problem_id=p.id, teacher=teacher, sample=sample, reasoning=reasoning, content=content,
-                            finish_reason=_finish_reason(cfg, rec)))
+            inline, content = split_reasoning(str(output))
+            field_r = _text(get_path(rec, reasoning_field)) if reasoning_field else None
+            reasoning = "\n".join(x for x in (field_r, inline) if x) or None
+            if "custom_id" in rec:  # a batch request answered twice with the same text (a resubmitted batch: new
+                key = (p.id, str(rec["custom_id"]), output_field, content, reasoning)  # ids), counted as curate does
+                first = seen.setdefault(key, where)
+                if first is not where:
+                    tally.add("duplicate_line", f"{where}: same sample as {first}")
+                    continue
+            sample = samples.get(p.id, 0)
+            samples[p.id] = sample + 1
+            traces.append(Trace(problem_id=p.id, teacher=teacher, sample=sample, reasoning=reasoning, content=content,
+                                finish_reason=_finish_reason(rec, output_field, finish_field)))
     return traces, list(made.values())
 
 

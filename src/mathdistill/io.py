@@ -88,6 +88,21 @@ def get_path(rec: dict[str, Any], path: str) -> Any:
     return cur
 
 
+def each_item(rec: dict[str, Any], *paths: str | None) -> list[tuple[str | None, ...]]:
+    """``paths`` once per item of the list a ``*`` part of the first one walks through, ``*`` replaced by the
+    item's index in every path: ``response.body.choices.*.message.content`` on a line of 3 choices (an OpenAI
+    Batch request sent with ``n=3``) -> the paths of choices 0, 1, 2. Without ``*``, or when the list is
+    missing or empty, ``[paths]`` (with ``*`` read as 0)."""
+    first = paths[0] or ""
+    parts = first.split(".")
+    if "*" not in parts:
+        return [paths]
+    k = parts.index("*")
+    items = get_path(rec, ".".join(parts[:k])) if k else None
+    n = len(items) if isinstance(items, list) and items else 1
+    return [tuple(p.replace("*", str(i)) if p else p for p in paths) for i in range(n)]
+
+
 def path_beside(path: str, name: str) -> list[str]:
     """Where a field ``name`` may sit next to the field at ``path``, nearest first:
     ``response.body.choices.0.message.content`` -> ``response.body.choices.0.message.finish_reason``,
