@@ -284,6 +284,23 @@ def test_render_question_letters_options_once():
     assert render_question("{question} ({meta.hint})\n{choices}", mmlu)[0] == "2 + 2? (add)\nA. 3\nB. 4"
 
 
+@pytest.mark.parametrize("options,rendered", [
+    (["4", "7"], "A. 4\nB. 7"),
+    ("['4', '7']", "A. 4\nB. 7"),                  # a list column written by pandas to_csv
+    ('["4", "7"]', "A. 4\nB. 7"),                  # ... or by json.dumps into a CSV cell
+    ("[4, 7.5]", "A. 4\nB. 7.5"),
+    ("{'A': '4', 'B': '7'}", "A. 4\nB. 7"),        # a dict column written to CSV
+    ("['A)4', 'B)7']", "A)4\nB)7"),                # already lettered, serialized
+    ("A) 4\nB) 7", "A) 4\nB) 7"),                 # plain text stays as written
+    ("[see figure]", "[see figure]"),             # bracketed text that is not a list stays as written
+    ([], None), ("[]", None), ({}, None),         # no options: the row is missing its field
+])
+def test_render_question_options_as_any_exporter_writes_them(options, rendered):
+    q, missing = render_question("{question}\n{options}", {"question": "Pick one.", "options": options})
+    assert q == (None if rendered is None else f"Pick one.\n{rendered}")
+    assert missing == ([] if rendered is not None else ["options"])
+
+
 def test_curate_joins_with_a_question_template(tmp_path):
     traces = write_jsonl(tmp_path / "t.jsonl", [{"problem_id": "mc1", "content": "7 is prime. #### C"},
                                                 {"problem_id": "mc2", "content": "7 * 3 = 21 #### B"}])

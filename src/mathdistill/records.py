@@ -8,6 +8,7 @@ any known family), :func:`render_question` (a question spread over fields) and :
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -223,6 +224,22 @@ def _render_value(v: Any) -> str:
     return "" if v is None else str(v).strip()
 
 
+def _listed(v: Any) -> Any:
+    """A list or dict column that an exporter wrote as text (pandas ``to_csv``: ``"['4', '7']"``, a JSON cell:
+    ``'["4", "7"]'``) read back as the list or dict; any other value as it is."""
+    if isinstance(v, str) and v.strip()[:1] + v.strip()[-1:] in ("[]", "{}"):
+        import ast
+
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                x = parse(v.strip())
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+            if isinstance(x, (list, dict)):
+                return x
+    return v
+
+
 _SLOT = re.compile(r"\{([^{}]+)\}")
 
 
@@ -235,8 +252,8 @@ def render_question(template: str, rec: dict[str, Any]) -> tuple[str | None, lis
     template = template.replace("\\n", "\n")
 
     def sub(m: re.Match) -> str:
-        v = get_path(rec, m.group(1).strip())
-        if v is None or (isinstance(v, str) and not v.strip()):
+        v = _listed(get_path(rec, m.group(1).strip()))
+        if v is None or (isinstance(v, (str, list, dict)) and not (v.strip() if isinstance(v, str) else v)):
             missing.append(m.group(1))
             return ""
         return _render_value(v)
