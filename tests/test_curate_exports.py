@@ -352,6 +352,21 @@ def test_llamafactory_alpaca_rows_are_rendered_as_llamafactory_renders_them():
     assert alpaca_rows(own, "d.json") == own  # mathdistill's own rows are untouched
 
 
+@pytest.mark.parametrize("row", [
+    {"instruction": "What is 2 + 3?", "input": "", "output": "5"},     # LLaMA-Factory's own alpaca_en_demo shape
+    {"instruction": "What is 2 + 3?", "output": "5"},                  # no input column at all
+    {"instruction": "What is 2 + 3?", "input": None, "output": "5"},
+    {"instruction": "Solve:", "input": "What is 2 + 3?", "output": "5", "system": "Be brief.", "history": []},
+    {"instruction": "What is 2 + 3?", "input": "", "output": "5", "system": None, "history": None},
+])
+def test_a_plain_llamafactory_alpaca_row_is_rendered_as_llamafactory_renders_it(row):
+    """A row whose question is in ``instruction`` (empty or no ``input``) is LLaMA-Factory's plain Alpaca: the
+    question is the user turn, as LLaMA-Factory renders it; never a system turn before an empty user turn."""
+    entry = {"columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}}
+    ours = alpaca_rows([row], "lf.json")[0]
+    assert messages(ours["instruction"], ours["input"], ours["output"]) == lf_render(row, entry)
+
+
 def test_llamafactory_history_is_refused_in_one_line():
     with pytest.raises(UserError) as e:
         alpaca_rows(load(DATA / "lf_alpaca_history.json"), "lf_alpaca_history.json")
