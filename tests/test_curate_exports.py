@@ -137,7 +137,8 @@ def test_float_ids_from_pandas_are_whole(tmp_path):
 
 
 @pytest.mark.parametrize("raw,want", [(7, "7"), (7.0, "7"), ("7.0", "7"), (" 7 ", "7"), ("p7", "p7"), (7.5, "7.5"),
-                                      ("1.10", "1.10"), ("007", "007"), (None, None), ("", None)])
+                                      ("1.10", "1.10"), ("007", "007"), (None, None), ("", None),
+                                      (float("nan"), None)])  # pandas' missing value
 def test_id_text_reads_a_pandas_float_id_as_the_integer_id(raw, want):
     assert id_text(raw) == want
 

@@ -197,8 +197,8 @@ _FLOAT_INT = re.compile(r"^[+-]?\d+\.0+$")
 def id_text(v: Any) -> str | None:
     """An id as text, the same from every reader and exporter: ``7``, ``7.0`` and ``"7.0"`` (pandas writes an int
     column with a gap as floats, in JSON and CSV alike) -> ``"7"``; other values stripped (``"007"``, ``"1.10"``
-    kept as written); None/"" -> None."""
-    if v is None:
+    kept as written); None/""/NaN -> None."""
+    if v is None or (isinstance(v, float) and v != v):  # NaN: pandas' missing value
         return None
     if isinstance(v, float) and v.is_integer():
         v = int(v)
