@@ -511,3 +511,21 @@ def test_from_file_n_choices_are_samples_with_their_own_finish_reason(tmp_path, 
     assert invoke(["generate", "--from-file", export, "--problems", probs, "--out", out, "--id-field", "custom_id",
                    "--output-field", field]) == 0
     assert [(t["problem_id"], t["sample"], t["content"], t["finish_reason"]) for t in read(out / "traces.jsonl")] == expected
+
+
+@pytest.mark.parametrize("flags,ids", [
+    (["--question-field", "problem", "--id-field", "unique_id"], ["test/algebra/1.json", "test/algebra/2.json"]),
+    (["--question-field", "problem"], ["p-", "p-"]),  # no id column: ids from the question's hash
+])
+def test_field_flags_map_a_problems_file_too(server, tmp_path, flags, ids):
+    """A MATH-style problems file (``problem``, ``unique_id``) is mapped with the same flags the error line
+    names, as curate maps it with problem_fields (the flags were read for --from-file only)."""
+    srv = server()
+    probs = write_jsonl(tmp_path / "math.jsonl", [
+        {"unique_id": f"test/algebra/{i}.json", "problem": f"What is {i} + 2?", "answer": i + 2, "level": i}
+        for i in (1, 2)])
+    out = tmp_path / "g"
+    assert invoke(openai_args(srv, probs, out, *flags)) == 0
+    got = sorted(t["problem_id"] for t in read(out / "traces.jsonl"))
+    assert [g[:len(w)] for g, w in zip(got, ids)] == ids and len(got) == 2
+    assert sorted(c.question for c in srv.log) == ["What is 1 + 2?", "What is 2 + 2?"]

@@ -77,9 +77,12 @@ class GenerateConfig(ChatClientConfig):
     samples: int = Field(1, ge=1, description="samples per problem")
     cache: bool = Field(True, description="keep every call in DIR/cache.sqlite and answer reruns from it "
                         "(off: every call is made again, no cache file is written, and a killed run keeps nothing)")
-    id_field: str = Field("id", description="--from-file: field with the problem id (dotted path for nested)")
-    question_field: str = Field("question", description="--from-file: field with the question")
-    answer_field: str = Field("answer", description="--from-file: field with the reference answer")
+    id_field: str = Field("id", description="field with the problem id: of the --from-file export (dotted path for "
+                          "nested), else of --problems")
+    question_field: str = Field("question", description="field with the question: of the --from-file export, else of "
+                                "--problems (e.g. problem)")
+    answer_field: str = Field("answer", description="field with the reference answer: of the --from-file export, "
+                              "else of --problems")
     reasoning_field: str = Field("reasoning", description="--from-file: field with the teacher's reasoning, if any")
     reference_think: bool = Field(False, description="reference backend: write each chain as <think>working</think> "
                                   "then its final answer line, as teacher outputs with inline think tags look")
@@ -240,12 +243,13 @@ def noisy_reference_traces(probs: Iterable[Problem], noise: "ReferenceNoise", sa
     return out, log
 
 
-def read_problem_file(path: str | Path, tally: Tally, question_template: str | None = None) -> list[Problem]:
+def read_problem_file(path: str | Path, tally: Tally, question_template: str | None = None,
+                      fields: FieldMap | None = None) -> list[Problem]:
     """Problems from any supported file, read as ``curate`` and ``eval`` read them (records.read_problems: ids
-    and answers may be numbers, extra columns are ignored); bad rows and repeated ids are counted with
-    file:line, the first of an id kept."""
+    and answers may be numbers, extra columns are ignored; ``fields`` names the columns); bad rows and repeated
+    ids are counted with file:line, the first of an id kept."""
     probs, seen, wheres = [], set(), []
-    read = read_problems(path, FieldMap(), tally, question_template, wheres)
+    read = read_problems(path, fields or FieldMap(), tally, question_template, wheres)
     for p, where in zip(read, wheres):
         if p.id in seen:
             tally.add("duplicate_id", f"{where}: {p.id} (the first one is kept)")
@@ -462,7 +466,10 @@ def generate(cfg: GenerateConfig, problems_path: str | Path | None, out_dir: str
     t0 = time.monotonic()
     if problems_path is None and from_file is None:
         raise UserError("generate needs --problems FILE (or --from-file EXPORT to import a teacher's outputs)")
-    probs = read_problem_file(problems_path, tally, cfg.question_template) if problems_path is not None else None
+    # the field flags name the export's fields with --from-file, else the problems file's (a MATH-style `problem`)
+    fields = FieldMap() if from_file is not None else FieldMap(
+        id_field=cfg.id_field, question_field=cfg.question_field, answer_field=cfg.answer_field)
+    probs = read_problem_file(problems_path, tally, cfg.question_template, fields) if problems_path is not None else None
     summary: dict[str, Any] = {"backend": "import" if from_file else cfg.backend}
     failures: list[dict[str, Any]] = []
     interrupted = False
