@@ -11,9 +11,9 @@ from mathdistill.curate import CurateConfig, curate
 from mathdistill.errors import UserError
 from mathdistill.evaluate import EvalConfig, evaluate
 from mathdistill.generate import GenerateConfig, generate
-from mathdistill.io import Tally, get_path, iter_raw, path_beside, write_dataset_files
+from mathdistill.io import Tally, each_item, get_path, iter_raw, path_beside, write_dataset_files
 from mathdistill.prompts import EN_PROMPT, alpaca_rows, messages
-from mathdistill.records import id_text, read_problems, render_question, split_reasoning, whole_number
+from mathdistill.records import id_text, read_problems, render_question, request_error, split_reasoning, whole_number
 
 DATA = Path(__file__).parent / "data" / "exports"
 BATCH_CONTENT = "response.body.choices.0.message.content"
@@ -37,6 +37,60 @@ def load(path):
 def test_get_path_reaches_into_a_batch_line(path, value):
     rec = json.loads((DATA / "batch_output.jsonl").read_text().splitlines()[5])
     assert get_path(rec, path) == value
+
+
+_BODY = {"choices": [{"index": 0, "message": {"content": "#### 8"}, "finish_reason": "stop"}]}
+
+
+@pytest.mark.parametrize("rec", [
+    {"response": {"status_code": 200, "body": _BODY}},                               # JSON Lines
+    {"response": json.dumps({"status_code": 200, "body": _BODY})},                   # a JSON column in CSV/BigQuery
+    {"response": repr({"status_code": 200, "body": _BODY})},                         # a dict column via pandas to_csv
+    {"response.status_code": 200, "response.body": json.dumps(_BODY)},               # pd.json_normalize, then CSV
+    {"response.status_code": "200", "response.body.choices": repr(_BODY["choices"])},
+])
+def test_get_path_reads_nested_fields_an_exporter_wrote_as_text(rec):
+    """CSV and Parquet exports keep a nested response as JSON (or Python repr) text, or flatten it into dotted
+    column names: the same dotted path reads the content and its choice's finish_reason from any of them."""
+    assert get_path(rec, "response.body.choices.0.message.content") == "#### 8"
+    assert get_path(rec, "response.body.choices.0.finish_reason") == "stop"
+    assert get_path(rec, "response.body.choices.1.finish_reason") is None
+
+
+_FAILED = {"response": {"status_code": 400, "body": {"error": {"code": "string_above_max_length", "message": "too long"}}},
+           "error": None}
+_EXPIRED = {"response": None, "error": {"code": "batch_expired", "message": "not run in time"}}
+
+
+@pytest.mark.parametrize("rec,want", [
+    (_FAILED, "HTTP 400 string_above_max_length: too long"),
+    ({"response": json.dumps(_FAILED["response"]), "error": ""}, "HTTP 400 string_above_max_length: too long"),
+    ({"response.status_code": 400.0, "response.body.error.code": "string_above_max_length",
+      "response.body.error.message": "too long", "error": ""}, "HTTP 400 string_above_max_length: too long"),
+    (_EXPIRED, "batch_expired: not run in time"),
+    ({"response": "", "error": json.dumps(_EXPIRED["error"])}, "batch_expired: not run in time"),
+    ({"response": "", "error.code": "batch_expired", "error.message": "not run in time"}, "batch_expired: not run in time"),
+    ({"response": {"status_code": 200, "body": _BODY}, "error": None}, None),
+    ({"response.status_code": "200", "error": ""}, None),
+])
+def test_a_failed_batch_request_is_recognised_in_any_export(rec, want):
+    """The same failed Batch line, exported as JSON Lines, as JSON text in CSV cells, or flattened
+    (pd.json_normalize) into CSV/Parquet columns, is one failed request with its code (never a missing output)."""
+    assert request_error(rec) == want
+
+
+@pytest.mark.parametrize("choices", [_BODY["choices"] * 3, repr(_BODY["choices"] * 3), json.dumps(_BODY["choices"] * 3)])
+def test_each_item_walks_every_choice_also_of_a_list_written_as_text(choices):
+    rec = {"response.body.choices": choices}
+    paths = each_item(rec, "response.body.choices.*.message.content", None)
+    assert paths == [(f"response.body.choices.{i}.message.content", None) for i in range(3)]
+    assert [get_path(rec, p) for p, _ in paths] == ["#### 8"] * 3
+
+
+def test_get_path_leaves_text_that_is_not_nested_alone():
+    assert get_path({"output": "[1, 2] is a list"}, "output") == "[1, 2] is a list"
+    assert get_path({"output": "[1, 2]"}, "output") == "[1, 2]"  # the field itself is returned as written
+    assert get_path({"output": "{not json"}, "output.x") is None
 
 
 def test_a_column_named_with_a_dot_is_read_whole():

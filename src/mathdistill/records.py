@@ -8,7 +8,6 @@ any known family), :func:`render_question` (a question spread over fields) and :
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UserError
-from .io import Tally, get_path, iter_raw
+from .io import Tally, get_path, iter_raw, text_container
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
@@ -162,18 +161,20 @@ def answer_text(output: str, tags: tuple[tuple[str, str], ...] | list | None = N
 
 def request_error(rec: dict[str, Any]) -> str | None:
     """Why an OpenAI Batch output line holds no completion, else None: its ``error`` (``batch_expired``...) or a
-    non-200 ``response`` (``HTTP 400 unsupported_parameter: ...``)."""
-    err = rec.get("error")
-    resp = rec.get("response")
-    status = resp.get("status_code") if isinstance(resp, dict) else None
-    if isinstance(status, int) and status != 200:
-        body = resp.get("body") if isinstance(resp.get("body"), dict) else {}
-        e = body.get("error") if isinstance(body.get("error"), dict) else {}
-        return f"HTTP {status}" + (f" {e.get('code') or e.get('type') or ''}: {e.get('message', '')}".rstrip(": ") if e else "")
-    if isinstance(err, dict) and err:
-        return f"{err.get('code') or 'error'}: {err.get('message', '')}".rstrip(": ")
+    non-200 ``response`` (``HTTP 400 unsupported_parameter: ...``). Read with :func:`io.get_path`, so the same
+    line exported to CSV or Parquet (JSON text in a cell, ``pd.json_normalize`` columns) reads the same."""
+    try:
+        status = whole_number(get_path(rec, "response.status_code"))
+    except (TypeError, ValueError):
+        status = None
+    if status is not None and status != 200:
+        e = {k: _clean(get_path(rec, f"response.body.error.{k}")) for k in ("code", "type", "message")}
+        what = e["code"] or e["type"] or ""
+        return f"HTTP {status}" + (f" {what}: {e['message'] or ''}".rstrip(": ") if what or e["message"] else "")
+    code, message = _clean(get_path(rec, "error.code")), _clean(get_path(rec, "error.message"))
+    if code or message:
+        return f"{code or 'error'}: {message or ''}".rstrip(": ")
     return None
-
 
 
 def whole_number(v: Any) -> int | None:
@@ -224,22 +225,6 @@ def _render_value(v: Any) -> str:
     return "" if v is None else str(v).strip()
 
 
-def _listed(v: Any) -> Any:
-    """A list or dict column that an exporter wrote as text (pandas ``to_csv``: ``"['4', '7']"``, a JSON cell:
-    ``'["4", "7"]'``) read back as the list or dict; any other value as it is."""
-    if isinstance(v, str) and v.strip()[:1] + v.strip()[-1:] in ("[]", "{}"):
-        import ast
-
-        for parse in (json.loads, ast.literal_eval):
-            try:
-                x = parse(v.strip())
-            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-                continue
-            if isinstance(x, (list, dict)):
-                return x
-    return v
-
-
 _SLOT = re.compile(r"\{([^{}]+)\}")
 
 
@@ -252,7 +237,8 @@ def render_question(template: str, rec: dict[str, Any]) -> tuple[str | None, lis
     template = template.replace("\\n", "\n")
 
     def sub(m: re.Match) -> str:
-        v = _listed(get_path(rec, m.group(1).strip()))
+        v = get_path(rec, m.group(1).strip())
+        v = text_container(v) if isinstance(v, str) else v  # a list column a CSV holds as text
         if v is None or (isinstance(v, (str, list, dict)) and not (v.strip() if isinstance(v, str) else v)):
             missing.append(m.group(1))
             return ""
