@@ -219,7 +219,8 @@ def test_every_reader_joins_a_float_id_to_the_integer_problem_id(tmp_path, reade
     assert got == ["1"]
 
 
-@pytest.mark.parametrize("raw,want", [(123, 123), (123.0, 123), ("123.0", 123), (" 7 ", 7), (None, None), ("", None)])
+@pytest.mark.parametrize("raw,want", [(123, 123), (123.0, 123), ("123.0", 123), (" 7 ", 7), (None, None), ("", None),
+                                     (float("nan"), None), ("nan", None)])  # pandas' missing value: no count
 def test_whole_number(raw, want):
     assert whole_number(raw) == want
 

@@ -178,10 +178,10 @@ def request_error(rec: dict[str, Any]) -> str | None:
 
 
 def whole_number(v: Any) -> int | None:
-    """A count as written by any exporter: ``123``, ``"123"``, ``123.0``, ``"123.0"`` -> 123; None/"" -> None.
+    """A count as written by any exporter: ``123``, ``"123"``, ``123.0``, ``"123.0"`` -> 123; None/""/NaN -> None.
     Raises ValueError for anything else (``12.5``, ``"abc"``, a bool)."""
-    if v is None or (isinstance(v, str) and not v.strip()):
-        return None
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "nan")) or (isinstance(v, float) and v != v):
+        return None  # NaN: pandas' missing value
     if isinstance(v, bool):
         raise ValueError(f"not a whole number: {v!r}")
     if isinstance(v, int):
