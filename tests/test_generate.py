@@ -529,3 +529,24 @@ def test_field_flags_map_a_problems_file_too(server, tmp_path, flags, ids):
     got = sorted(t["problem_id"] for t in read(out / "traces.jsonl"))
     assert [g[:len(w)] for g, w in zip(got, ids)] == ids and len(got) == 2
     assert sorted(c.question for c in srv.log) == ["What is 1 + 2?", "What is 2 + 2?"]
+
+
+def _responses_line(custom_id, text, status, reason=None):
+    """A line of an OpenAI Batch output for /v1/responses (the Responses API): a reasoning item, then the message."""
+    return {"custom_id": custom_id, "response": {"status_code": 200, "body": {
+        "object": "response", "status": status, "incomplete_details": {"reason": reason} if reason else None,
+        "output": [{"type": "reasoning", "summary": []},
+                   {"type": "message", "content": [{"type": "output_text", "text": text}]}]}}}
+
+
+@pytest.mark.parametrize("status,reason,finish", [("completed", None, None), ("incomplete", "max_output_tokens", "length"),
+                                                  ("incomplete", "content_filter", "content_filter")])
+def test_from_file_responses_api_batch_cut_off_is_truncated(tmp_path, status, reason, finish):
+    """The Responses API says a cut-off answer with status incomplete / max_output_tokens, not finish_reason:
+    it is read as finish_reason length (so curate's drop_truncated and the seed report see it)."""
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "question": "1 + 0?"}])
+    export = write_jsonl(tmp_path / "batch.jsonl", [_responses_line("p1", "so far 1", status, reason)])
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", export, "--problems", probs, "--out", out, "--id-field", "custom_id",
+                   "--output-field", "response.body.output.1.content.0.text"]) == 0
+    assert [t["finish_reason"] for t in read(out / "traces.jsonl")] == [finish]

@@ -33,10 +33,10 @@ from .cache import CallCache, NewCall
 from .client import ChatClientConfig, ChatRequest, RunStats, plan_requests, request_keys, run_requests, split_think
 from .config import StageConfig
 from .errors import PartialRun, UserError
-from .io import Tally, each_item, file_sha256, get_path, iter_raw, package_versions, path_beside, prepare_out_dir, write_json, write_jsonl
+from .io import Tally, each_item, file_sha256, get_path, iter_raw, package_versions, prepare_out_dir, write_json, write_jsonl
 from .progress import info
 from .prompts import instruction_for, messages
-from .records import (FieldMap, Problem, Trace, detect_lang, id_text, read_problems, render_question, request_error,
+from .records import (FieldMap, Problem, Trace, detect_lang, finish_reason_beside, id_text, read_problems, render_question, request_error,
                       split_reasoning, stable_id)
 
 __all__ = ["GenerateConfig", "ReferenceNoise", "generate", "split_think", "reference_traces", "noisy_reference_traces",
@@ -371,14 +371,10 @@ def _text(v: Any) -> str | None:
 
 def _finish_reason(rec: dict[str, Any], output_field: str, finish_reason_field: str | None) -> str | None:
     """The stop reason of the same choice as the output: ``--finish-reason-field``, else the nearest
-    ``finish_reason`` beside ``--output-field``."""
+    ``finish_reason`` beside ``--output-field`` (records.finish_reason_beside)."""
     if finish_reason_field:
         return _text(get_path(rec, finish_reason_field))
-    for path in path_beside(output_field, "finish_reason"):
-        v = _text(get_path(rec, path))
-        if v is not None:
-            return v
-    return None
+    return finish_reason_beside(rec, output_field)
 
 
 def _has_text(v: Any) -> bool:

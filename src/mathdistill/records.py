@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UserError
-from .io import Tally, get_path, iter_raw, text_container
+from .io import Tally, get_path, iter_raw, path_beside, text_container
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
@@ -174,6 +174,22 @@ def request_error(rec: dict[str, Any]) -> str | None:
     code, message = _clean(get_path(rec, "error.code")), _clean(get_path(rec, "error.message"))
     if code or message:
         return f"{code or 'error'}: {message or ''}".rstrip(": ")
+    return None
+
+
+def finish_reason_beside(rec: dict[str, Any], content_path: str) -> str | None:
+    """The stop reason of the same choice as the content at ``content_path``: the nearest ``finish_reason``
+    beside it (``response.body.choices.0.finish_reason``), else the nearest ``incomplete_details.reason`` of an
+    OpenAI Responses API body (``max_output_tokens`` -> ``length``). None when there is neither."""
+    for path in path_beside(content_path, "finish_reason"):
+        v = get_path(rec, path)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    for path in path_beside(content_path, "incomplete_details"):
+        d = get_path(rec, path)
+        d = text_container(d) if isinstance(d, str) else d
+        if isinstance(d, dict) and d.get("reason"):
+            return "length" if d["reason"] == "max_output_tokens" else str(d["reason"])
     return None
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..io import Tally, each_item, get_path, iter_raw, path_beside
-from ..records import Problem, detect_lang, id_text, read_problems, render_question, request_error, stable_id, whole_number
+from ..io import Tally, each_item, get_path, iter_raw
+from ..records import Problem, detect_lang, finish_reason_beside, id_text, read_problems, render_question, request_error, stable_id, whole_number
 from .config import CurateConfig
 from .rows import Row
 
@@ -44,9 +44,6 @@ def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str |
     samples: dict[str, int] = {}
     seen: dict[tuple, str] = {}  # exact repeats of a named sample -> the file:line of the first
 
-    def beside(content_field: str) -> list[str]:
-        return [x for x in path_beside(content_field, "finish_reason") if x != f.finish_reason_field]
-
     for where, rec in iter_raw(traces_path, tally, count_blank=True):
         pid, ok = _text_field(rec, f.problem_id_field, where, tally)
         question, _ = _text_field(rec, f.question_field, where, tally)
@@ -82,10 +79,8 @@ def _join(cfg: CurateConfig, traces_path: str | Path, problems_paths: list[str |
                 content = ""
             reasoning, _ = _text_field(rec, reasoning_field, where, tally)
             finish, _ = _text_field(rec, f.finish_reason_field, where, tally)
-            for path in beside(content_field) if finish is None else ():  # the same choice's stop reason as the content's
-                finish = _text_field(rec, path, where, tally)[0]
-                if finish is not None:
-                    break
+            if finish is None:  # the same choice's stop reason as the content's
+                finish = finish_reason_beside(rec, content_field)
             raw = get_path(rec, f.sample_field)
             try:
                 sample = whole_number(raw)
