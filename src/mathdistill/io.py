@@ -398,7 +398,11 @@ def write_dataset_files(rows: list[dict[str, Any]], out: str | Path, name: str, 
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON document; a ``.jsonl`` file, or JSON Lines in a ``.json`` file (``Dataset.to_json``), as its list
+    of rows (a bad line is an error). Raises :class:`UserError` for a file that is neither."""
     p = check_readable(path)
+    if p.suffix.lower() in (".jsonl", ".ndjson") or (p.suffix.lower() == ".json" and _looks_like_jsonl(p)):
+        return read_jsonl(p)
     try:
         return json.loads(p.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:
