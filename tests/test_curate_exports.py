@@ -10,9 +10,10 @@ from conftest import write_jsonl
 from mathdistill.curate import CurateConfig, curate
 from mathdistill.errors import UserError
 from mathdistill.evaluate import EvalConfig, evaluate
-from mathdistill.io import Tally, get_path, iter_raw, path_beside, write_dataset_files
+from mathdistill.generate import GenerateConfig, generate
+from mathdistill.io import Tally, each_item, get_path, iter_raw, path_beside, write_dataset_files
 from mathdistill.prompts import EN_PROMPT, alpaca_rows, messages
-from mathdistill.records import read_problems, render_question, split_reasoning, whole_number
+from mathdistill.records import id_text, read_problems, render_question, request_error, split_reasoning, whole_number
 
 DATA = Path(__file__).parent / "data" / "exports"
 BATCH_CONTENT = "response.body.choices.0.message.content"
@@ -36,6 +37,60 @@ def load(path):
 def test_get_path_reaches_into_a_batch_line(path, value):
     rec = json.loads((DATA / "batch_output.jsonl").read_text().splitlines()[5])
     assert get_path(rec, path) == value
+
+
+_BODY = {"choices": [{"index": 0, "message": {"content": "#### 8"}, "finish_reason": "stop"}]}
+
+
+@pytest.mark.parametrize("rec", [
+    {"response": {"status_code": 200, "body": _BODY}},                               # JSON Lines
+    {"response": json.dumps({"status_code": 200, "body": _BODY})},                   # a JSON column in CSV/BigQuery
+    {"response": repr({"status_code": 200, "body": _BODY})},                         # a dict column via pandas to_csv
+    {"response.status_code": 200, "response.body": json.dumps(_BODY)},               # pd.json_normalize, then CSV
+    {"response.status_code": "200", "response.body.choices": repr(_BODY["choices"])},
+])
+def test_get_path_reads_nested_fields_an_exporter_wrote_as_text(rec):
+    """CSV and Parquet exports keep a nested response as JSON (or Python repr) text, or flatten it into dotted
+    column names: the same dotted path reads the content and its choice's finish_reason from any of them."""
+    assert get_path(rec, "response.body.choices.0.message.content") == "#### 8"
+    assert get_path(rec, "response.body.choices.0.finish_reason") == "stop"
+    assert get_path(rec, "response.body.choices.1.finish_reason") is None
+
+
+_FAILED = {"response": {"status_code": 400, "body": {"error": {"code": "string_above_max_length", "message": "too long"}}},
+           "error": None}
+_EXPIRED = {"response": None, "error": {"code": "batch_expired", "message": "not run in time"}}
+
+
+@pytest.mark.parametrize("rec,want", [
+    (_FAILED, "HTTP 400 string_above_max_length: too long"),
+    ({"response": json.dumps(_FAILED["response"]), "error": ""}, "HTTP 400 string_above_max_length: too long"),
+    ({"response.status_code": 400.0, "response.body.error.code": "string_above_max_length",
+      "response.body.error.message": "too long", "error": ""}, "HTTP 400 string_above_max_length: too long"),
+    (_EXPIRED, "batch_expired: not run in time"),
+    ({"response": "", "error": json.dumps(_EXPIRED["error"])}, "batch_expired: not run in time"),
+    ({"response": "", "error.code": "batch_expired", "error.message": "not run in time"}, "batch_expired: not run in time"),
+    ({"response": {"status_code": 200, "body": _BODY}, "error": None}, None),
+    ({"response.status_code": "200", "error": ""}, None),
+])
+def test_a_failed_batch_request_is_recognised_in_any_export(rec, want):
+    """The same failed Batch line, exported as JSON Lines, as JSON text in CSV cells, or flattened
+    (pd.json_normalize) into CSV/Parquet columns, is one failed request with its code (never a missing output)."""
+    assert request_error(rec) == want
+
+
+@pytest.mark.parametrize("choices", [_BODY["choices"] * 3, repr(_BODY["choices"] * 3), json.dumps(_BODY["choices"] * 3)])
+def test_each_item_walks_every_choice_also_of_a_list_written_as_text(choices):
+    rec = {"response.body.choices": choices}
+    paths = each_item(rec, "response.body.choices.*.message.content", None)
+    assert paths == [(f"response.body.choices.{i}.message.content", None) for i in range(3)]
+    assert [get_path(rec, p) for p, _ in paths] == ["#### 8"] * 3
+
+
+def test_get_path_leaves_text_that_is_not_nested_alone():
+    assert get_path({"output": "[1, 2] is a list"}, "output") == "[1, 2] is a list"
+    assert get_path({"output": "[1, 2]"}, "output") == "[1, 2]"  # the field itself is returned as written
+    assert get_path({"output": "{not json"}, "output.x") is None
 
 
 def test_a_column_named_with_a_dot_is_read_whole():
@@ -65,6 +120,23 @@ def test_curate_reads_finish_reason_of_the_same_choice(tmp_path, choice, finish)
         counts, ex = rep["counts"]["counts"], rep["counts"]["examples"]
         assert counts["duplicate_line"] == 1 and ex["duplicate_line"][0].endswith("batch_output.jsonl:1")
         assert counts["request_failed"] == 2 and "null_field: " + cfg.trace_fields.content_field not in counts
+
+
+@pytest.mark.parametrize("content_field,rows,truncated", [
+    ("response.body.choices.*.message.content", ["#### 8", "so #### 8", "let me"], 1),  # n=3: three samples
+    ("response.body.choices.1.message.content", ["so #### 8"], 0),
+])
+def test_curate_reads_every_choice_of_an_n_request(tmp_path, content_field, rows, truncated):
+    """A batch request sent with n=3: ``choices.*`` makes each choice a sample, each with its own finish_reason
+    (the cut-off third is flagged by the seed recipe)."""
+    line = {"custom_id": "p1", "response": {"status_code": 200, "body": {"choices": [
+        {"index": i, "message": {"content": c}, "finish_reason": f}
+        for i, (c, f) in enumerate([("#### 8", "stop"), ("so #### 8", "stop"), ("let me", "length")])]}}}
+    traces = write_jsonl(tmp_path / "b.jsonl", [line])
+    cfg = CurateConfig(plot=False, trace_fields={"problem_id_field": "custom_id", "content_field": content_field})
+    rep = curate(cfg, traces, [DATA / "batch_problems.jsonl"], tmp_path / "o")
+    assert [r["output"] for r in load(tmp_path / "o" / "dataset.json")] == rows
+    assert rep["counts"]["counts"].get("flagged: truncated_kept", 0) == truncated
 
 
 @pytest.mark.parametrize("second,kept", [
@@ -118,7 +190,37 @@ def test_float_ids_from_pandas_are_whole(tmp_path):
     assert [(p.id, p.answer) for p in read_problems(f)] == [("7", "1.0"), ("7.5", None)]
 
 
-@pytest.mark.parametrize("raw,want", [(123, 123), (123.0, 123), ("123.0", 123), (" 7 ", 7), (None, None), ("", None)])
+@pytest.mark.parametrize("raw,want", [(7, "7"), (7.0, "7"), ("7.0", "7"), (" 7 ", "7"), ("p7", "p7"), (7.5, "7.5"),
+                                      ("1.10", "1.10"), ("007", "007"), (None, None), ("", None),
+                                      (float("nan"), None)])  # pandas' missing value
+def test_id_text_reads_a_pandas_float_id_as_the_integer_id(raw, want):
+    assert id_text(raw) == want
+
+
+@pytest.mark.parametrize("pid", [1.0, "1.0", 1])
+@pytest.mark.parametrize("reader", ["generate", "curate", "eval"])
+def test_every_reader_joins_a_float_id_to_the_integer_problem_id(tmp_path, reader, pid):
+    """pandas writes an int id column with a gap as 1.0 (JSON) or "1.0" (CSV): the row still belongs to problem 1
+    in generate --from-file, curate and eval --predictions, as read_problems already reads the problems file."""
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": 1, "question": "What is 2 + 3?", "answer": 5},
+                                               {"id": 2, "question": "What is 6 * 7?", "answer": 42}])
+    rows = write_jsonl(tmp_path / "rows.jsonl", [{"problem_id": pid, "question": "not the question text",
+                                                  "output": "#### 5", "tokens": 9}])
+    if reader == "generate":
+        generate(GenerateConfig(id_field="problem_id"), probs, tmp_path / "g", from_file=rows)
+        got = [json.loads(x)["problem_id"] for x in (tmp_path / "g" / "traces.jsonl").read_text().splitlines()]
+    elif reader == "curate":
+        curate(CurateConfig.model_validate({"trace_fields": {"content_field": "output"}}), rows, [probs], tmp_path / "c")
+        got = [r["problem_id"] for r in load(tmp_path / "c" / "dataset.json")]
+    else:
+        evaluate(EvalConfig(report=False), probs, tmp_path / "e", model=None, predictions=rows)
+        got = [p["problem_id"] for p in map(json.loads, (tmp_path / "e" / "predictions.jsonl").read_text().splitlines())
+               if p["correct"]]
+    assert got == ["1"]
+
+
+@pytest.mark.parametrize("raw,want", [(123, 123), (123.0, 123), ("123.0", 123), (" 7 ", 7), (None, None), ("", None),
+                                     (float("nan"), None), ("nan", None)])  # pandas' missing value: no count
 def test_whole_number(raw, want):
     assert whole_number(raw) == want
 
@@ -238,6 +340,23 @@ def test_render_question_letters_options_once():
     assert render_question("{question} ({meta.hint})\n{choices}", mmlu)[0] == "2 + 2? (add)\nA. 3\nB. 4"
 
 
+@pytest.mark.parametrize("options,rendered", [
+    (["4", "7"], "A. 4\nB. 7"),
+    ("['4', '7']", "A. 4\nB. 7"),                  # a list column written by pandas to_csv
+    ('["4", "7"]', "A. 4\nB. 7"),                  # ... or by json.dumps into a CSV cell
+    ("[4, 7.5]", "A. 4\nB. 7.5"),
+    ("{'A': '4', 'B': '7'}", "A. 4\nB. 7"),        # a dict column written to CSV
+    ("['A)4', 'B)7']", "A)4\nB)7"),                # already lettered, serialized
+    ("A) 4\nB) 7", "A) 4\nB) 7"),                 # plain text stays as written
+    ("[see figure]", "[see figure]"),             # bracketed text that is not a list stays as written
+    ([], None), ("[]", None), ({}, None),         # no options: the row is missing its field
+])
+def test_render_question_options_as_any_exporter_writes_them(options, rendered):
+    q, missing = render_question("{question}\n{options}", {"question": "Pick one.", "options": options})
+    assert q == (None if rendered is None else f"Pick one.\n{rendered}")
+    assert missing == ([] if rendered is not None else ["options"])
+
+
 def test_curate_joins_with_a_question_template(tmp_path):
     traces = write_jsonl(tmp_path / "t.jsonl", [{"problem_id": "mc1", "content": "7 is prime. #### C"},
                                                 {"problem_id": "mc2", "content": "7 * 3 = 21 #### B"}])
@@ -287,6 +406,21 @@ def test_llamafactory_alpaca_rows_are_rendered_as_llamafactory_renders_them():
         assert messages(ours["instruction"], ours["input"], ours["output"]) == lf_render(row, entry)
     own = [{"instruction": EN_PROMPT, "input": "q", "output": "a"}]
     assert alpaca_rows(own, "d.json") == own  # mathdistill's own rows are untouched
+
+
+@pytest.mark.parametrize("row", [
+    {"instruction": "What is 2 + 3?", "input": "", "output": "5"},     # LLaMA-Factory's own alpaca_en_demo shape
+    {"instruction": "What is 2 + 3?", "output": "5"},                  # no input column at all
+    {"instruction": "What is 2 + 3?", "input": None, "output": "5"},
+    {"instruction": "Solve:", "input": "What is 2 + 3?", "output": "5", "system": "Be brief.", "history": []},
+    {"instruction": "What is 2 + 3?", "input": "", "output": "5", "system": None, "history": None},
+])
+def test_a_plain_llamafactory_alpaca_row_is_rendered_as_llamafactory_renders_it(row):
+    """A row whose question is in ``instruction`` (empty or no ``input``) is LLaMA-Factory's plain Alpaca: the
+    question is the user turn, as LLaMA-Factory renders it; never a system turn before an empty user turn."""
+    entry = {"columns": {"prompt": "instruction", "query": "input", "response": "output", "system": "system"}}
+    ours = alpaca_rows([row], "lf.json")[0]
+    assert messages(ours["instruction"], ours["input"], ours["output"]) == lf_render(row, entry)
 
 
 def test_llamafactory_history_is_refused_in_one_line():

@@ -145,3 +145,21 @@ def test_eval_transformers_default_cli(tmp_path, tiny_model):
     assert s["n"] == 2 and s["meta"]["comparable"]["limit"] == 2 and s["meta"]["comparable"]["seed"] == 4
     assert s["meta"]["comparable"]["max_new_tokens"] == 5 and s["meta"]["split"]["file_sha256"]
     assert s["meta"]["backend"] == "transformers" and s["meta"]["batch_size"] == 2
+
+
+@pytest.mark.parametrize("finish,correct,tokens", [("stop", True, 7), ("length", False, 7)])
+def test_an_openai_batch_output_is_read_as_predictions(tmp_path, capsys, finish, correct, tokens):
+    """A model evaluated through the OpenAI Batch API: dotted fields reach the id, the output, its token count
+    and the same choice's finish_reason, as generate --from-file and curate read them."""
+    pf = write_jsonl(tmp_path / "eval.jsonl", PROBS[:1])
+    line = {"custom_id": PROBS[0]["id"], "response": {"status_code": 200, "body": {
+        "choices": [{"index": 0, "message": {"content": f"0 + 2 = 2\n#### {PROBS[0]['answer']}"}, "finish_reason": finish}],
+        "usage": {"completion_tokens": float(tokens)}}}}
+    f = write_jsonl(tmp_path / "batch_output.jsonl", [line])
+    c = "response.body.choices.0."
+    code = main(["eval", "--problems", pf, "--out", tmp_path / "ev", "--predictions", f, "--id-field", "custom_id",
+                 "--output-field", c + "message.content", "--tokens-field", "response.body.usage.completion_tokens",
+                 "--set", f"predictions_fields.finish_reason_field={c}finish_reason", "--model-bytes", "98000000"])
+    assert code == 0, capsys.readouterr().err
+    pred = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()[0])
+    assert (pred["correct"], pred["tokens"], pred["finish_reason"]) == (correct, tokens, finish)

@@ -463,3 +463,90 @@ def test_a_repeated_problem_id_is_counted_with_its_line(server, tmp_path):
     assert [t["problem_id"] for t in read(out / "traces.jsonl")] == ["1"] and len(srv.log) == 1
     skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
     assert skipped["examples"]["duplicate_id"] == [f"{probs}:2: 1 (the first one is kept)"]
+
+
+def _batch_line(req_id, custom_id, content, finish="stop"):
+    return {"id": req_id, "custom_id": custom_id, "error": None, "response": {"status_code": 200, "request_id": req_id,
+            "body": {"id": f"chatcmpl-{req_id}", "choices": [{"index": 0, "message": {"role": "assistant",
+                     "content": content}, "finish_reason": finish}]}}}
+
+
+@pytest.mark.parametrize("second,samples,duplicates", [
+    (_batch_line("batch_req_b", "p1", "#### 1"), [0], 1),     # resubmitted: new request ids, same answer
+    (_batch_line("batch_req_a", "p1", "#### 1"), [0], 1),     # the same output file appended again
+    (_batch_line("batch_req_b", "p1", "so #### 1"), [0, 1], 0),  # resubmitted and sampled again: a new sample
+])
+def test_from_file_a_resubmitted_batch_request_is_not_a_second_sample(tmp_path, second, samples, duplicates):
+    """A custom_id answered twice with the same text is one sample, as curate counts it (duplicate_line), even
+    when the batch and request ids differ (a resubmitted batch); a different text is another sample."""
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "question": "1 + 0?", "answer": "1"}])
+    export = write_jsonl(tmp_path / "batch.jsonl", [_batch_line("batch_req_a", "p1", "#### 1"), second])
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", export, "--problems", probs, "--out", out, "--id-field", "custom_id",
+                   "--output-field", BATCH_CONTENT.format(0)]) == 0
+    assert [t["sample"] for t in read(out / "traces.jsonl")] == samples
+    skipped = json.loads((out / "generate_summary.json").read_text())["skipped"]
+    assert skipped["counts"].get("duplicate_line", 0) == duplicates
+
+
+def _n_line(custom_id, choices):
+    return {"id": f"batch_req_{custom_id}", "custom_id": custom_id, "error": None, "response": {"status_code": 200,
+            "body": {"choices": [{"index": i, "message": {"role": "assistant", "content": c}, "finish_reason": f}
+                                 for i, (c, f) in enumerate(choices)]}}}
+
+
+@pytest.mark.parametrize("field,expected", [
+    ("response.body.choices.*.message.content", [("p1", 0, "#### 1", "stop"), ("p1", 1, "so #### 1", "stop"),
+                                                 ("p1", 2, "let me", "length"), ("p2", 0, "#### 2", "stop")]),
+    ("response.body.choices.0.message.content", [("p1", 0, "#### 1", "stop"), ("p2", 0, "#### 2", "stop")]),
+    ("response.body.choices.2.message.content", [("p1", 0, "let me", "length")]),
+])
+def test_from_file_n_choices_are_samples_with_their_own_finish_reason(tmp_path, field, expected):
+    """A batch request sent with n=3 holds 3 choices: ``choices.*`` imports each as a sample, each with the
+    finish_reason of its own choice; a fixed index imports that choice only."""
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "question": "1 + 0?"}, {"id": "p2", "question": "2 + 0?"}])
+    export = write_jsonl(tmp_path / "batch.jsonl", [
+        _n_line("p1", [("#### 1", "stop"), ("so #### 1", "stop"), ("let me", "length")]), _n_line("p2", [("#### 2", "stop")])])
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", export, "--problems", probs, "--out", out, "--id-field", "custom_id",
+                   "--output-field", field]) == 0
+    assert [(t["problem_id"], t["sample"], t["content"], t["finish_reason"]) for t in read(out / "traces.jsonl")] == expected
+
+
+@pytest.mark.parametrize("flags,ids", [
+    (["--question-field", "problem", "--id-field", "unique_id"], ["test/algebra/1.json", "test/algebra/2.json"]),
+    (["--question-field", "problem"], ["p-", "p-"]),  # no id column: ids from the question's hash
+])
+def test_field_flags_map_a_problems_file_too(server, tmp_path, flags, ids):
+    """A MATH-style problems file (``problem``, ``unique_id``) is mapped with the same flags the error line
+    names, as curate maps it with problem_fields (the flags were read for --from-file only)."""
+    srv = server()
+    probs = write_jsonl(tmp_path / "math.jsonl", [
+        {"unique_id": f"test/algebra/{i}.json", "problem": f"What is {i} + 2?", "answer": i + 2, "level": i}
+        for i in (1, 2)])
+    out = tmp_path / "g"
+    assert invoke(openai_args(srv, probs, out, *flags)) == 0
+    got = sorted(t["problem_id"] for t in read(out / "traces.jsonl"))
+    assert [g[:len(w)] for g, w in zip(got, ids)] == ids and len(got) == 2
+    assert sorted(c.question for c in srv.log) == ["What is 1 + 2?", "What is 2 + 2?"]
+
+
+def _responses_line(custom_id, text, status, reason=None):
+    """A line of an OpenAI Batch output for /v1/responses (the Responses API): a reasoning item, then the message."""
+    return {"custom_id": custom_id, "response": {"status_code": 200, "body": {
+        "object": "response", "status": status, "incomplete_details": {"reason": reason} if reason else None,
+        "output": [{"type": "reasoning", "summary": []},
+                   {"type": "message", "content": [{"type": "output_text", "text": text}]}]}}}
+
+
+@pytest.mark.parametrize("status,reason,finish", [("completed", None, None), ("incomplete", "max_output_tokens", "length"),
+                                                  ("incomplete", "content_filter", "content_filter")])
+def test_from_file_responses_api_batch_cut_off_is_truncated(tmp_path, status, reason, finish):
+    """The Responses API says a cut-off answer with status incomplete / max_output_tokens, not finish_reason:
+    it is read as finish_reason length (so curate's drop_truncated and the seed report see it)."""
+    probs = write_jsonl(tmp_path / "p.jsonl", [{"id": "p1", "question": "1 + 0?"}])
+    export = write_jsonl(tmp_path / "batch.jsonl", [_responses_line("p1", "so far 1", status, reason)])
+    out = tmp_path / "g"
+    assert invoke(["generate", "--from-file", export, "--problems", probs, "--out", out, "--id-field", "custom_id",
+                   "--output-field", "response.body.output.1.content.0.text"]) == 0
+    assert [t["finish_reason"] for t in read(out / "traces.jsonl")] == [finish]

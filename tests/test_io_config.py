@@ -76,3 +76,24 @@ def test_output_folder_exists_refused(tmp_path):
     with pytest.raises(UserError, match="--overwrite"):
         prepare_out_dir(tmp_path / "out")
     assert prepare_out_dir(tmp_path / "out", overwrite=True).is_dir()
+
+
+@pytest.mark.parametrize("name,body", [
+    ("d.json", None),    # Dataset.to_json: JSON Lines in a .json file, first record over 4 KB
+    ("d.jsonl", None),   # curate's alpaca_jsonl
+    ("one.jsonl", 1),    # a JSON Lines file of one row is still a list of rows
+])
+def test_read_json_reads_json_lines_as_rows(tmp_path, name, body):
+    """A training set exported with datasets' to_json (or curate's alpaca_jsonl) given to train is read as its
+    rows, not refused as 'Extra data'; a JSON document is still read whole."""
+    import json
+
+    from mathdistill.io import read_json
+    rows = [{"instruction": "Résous :", "input": "∑ " + "x" * 5000, "output": "#### 1"},
+            {"instruction": "", "input": "2 + 2?", "output": "#### 4"}][:body]
+    f = tmp_path / name
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert read_json(f) == rows
+    doc = tmp_path / "doc.json"
+    doc.write_text(json.dumps({"a": [1, 2]}, indent=2))
+    assert read_json(doc) == {"a": [1, 2]}

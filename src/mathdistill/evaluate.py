@@ -23,11 +23,11 @@ from .answers import grade
 from .backends import Backend, Generation, GenerationConfig, make_backend
 from .config import StageConfig
 from .errors import UserError
-from .io import Tally, file_sha256, iter_raw, package_versions, read_json, write_json, write_jsonl
+from .io import Tally, file_sha256, get_path, iter_raw, package_versions, read_json, write_json, write_jsonl
 from .judge import JudgeConfig, judge
 from .models import DEFAULT_STUDENT, load_tokenizer, model_bytes, resolve
 from .progress import info
-from .records import FieldMap, Prediction, Problem, answer_text, read_problems, whole_number
+from .records import FieldMap, Prediction, Problem, answer_text, id_text, read_problems, whole_number
 from .scores import INTERVAL_KEYS, ScoreConfig, aggregate, cqs_proxy, paired_bootstrap
 
 __all__ = ["EvalConfig", "PredictionFields", "evaluate", "compare", "score_outputs"]
@@ -137,12 +137,11 @@ def read_predictions(path: str | Path, probs: list[Problem], f: PredictionFields
     rows = 0
     for where, rec in iter_raw(p, tally):
         rows += 1
-        pid = rec.get(f.id_field)
-        if pid is None or str(pid).strip() == "":
+        pid = id_text(get_path(rec, f.id_field))  # 7.0 / "7.0" (pandas) is the problem "7"; dotted paths reach in
+        if pid is None:
             tally.add("no_id", f"{where}: no {f.id_field!r} field")
             continue
-        pid = str(pid).strip()
-        if f.output_field not in rec:
+        if f.output_field not in rec and get_path(rec, f.output_field) is None:
             tally.add("no_output", f"{where}: no {f.output_field!r} field")
             continue
         if pid not in known:
@@ -161,8 +160,9 @@ def read_predictions(path: str | Path, probs: list[Problem], f: PredictionFields
             gens.append(Generation("", 0, "missing_prediction", error="no prediction for this problem"))
             continue
         where, rec = by_id[prob.id]
-        out = "" if rec.get(f.output_field) is None else str(rec[f.output_field])
-        raw_tokens = rec.get(f.tokens_field) if f.tokens_field else None
+        out = get_path(rec, f.output_field)
+        out = "" if out is None else str(out)
+        raw_tokens = get_path(rec, f.tokens_field) if f.tokens_field else None
         try:
             tokens = whole_number(raw_tokens)  # 123, "123" and 123.0 (a pandas export) alike
         except (TypeError, ValueError):
@@ -175,7 +175,7 @@ def read_predictions(path: str | Path, probs: list[Problem], f: PredictionFields
                                 "--tokenizer MODEL (a local model whose tokenizer counts the tokens)")
             tokens = len(tok(out, add_special_tokens=False)["input_ids"]) + 1  # + EOS, as generation counts it
             tally.add("tokens_counted_with_tokenizer")
-        fr = str(rec.get(f.finish_reason_field) or "stop") if f.finish_reason_field else "stop"
+        fr = str(get_path(rec, f.finish_reason_field) or "stop") if f.finish_reason_field else "stop"
         gens.append(Generation(out, tokens, "length" if fr == "length" else "stop"))
     return gens, tally
 

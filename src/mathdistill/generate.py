@@ -33,10 +33,10 @@ from .cache import CallCache, NewCall
 from .client import ChatClientConfig, ChatRequest, RunStats, plan_requests, request_keys, run_requests, split_think
 from .config import StageConfig
 from .errors import PartialRun, UserError
-from .io import Tally, file_sha256, get_path, iter_raw, package_versions, path_beside, prepare_out_dir, write_json, write_jsonl
+from .io import Tally, each_item, file_sha256, get_path, iter_raw, package_versions, prepare_out_dir, write_json, write_jsonl
 from .progress import info
 from .prompts import instruction_for, messages
-from .records import (FieldMap, Problem, Trace, detect_lang, read_problems, render_question, request_error,
+from .records import (FieldMap, Problem, Trace, detect_lang, finish_reason_beside, id_text, read_problems, render_question, request_error,
                       split_reasoning, stable_id)
 
 __all__ = ["GenerateConfig", "ReferenceNoise", "generate", "reference_traces", "noisy_reference_traces", "generate_out_dir"]
@@ -76,14 +76,18 @@ class GenerateConfig(ChatClientConfig):
     samples: int = Field(1, ge=1, description="samples per problem")
     cache: bool = Field(True, description="keep every call in DIR/cache.sqlite and answer reruns from it "
                         "(off: every call is made again, no cache file is written, and a killed run keeps nothing)")
-    id_field: str = Field("id", description="--from-file: field with the problem id (dotted path for nested)")
-    question_field: str = Field("question", description="--from-file: field with the question")
-    answer_field: str = Field("answer", description="--from-file: field with the reference answer")
+    id_field: str = Field("id", description="field with the problem id: of the --from-file export (dotted path for "
+                          "nested), else of --problems")
+    question_field: str = Field("question", description="field with the question: of the --from-file export, else of "
+                                "--problems (e.g. problem)")
+    answer_field: str = Field("answer", description="field with the reference answer: of the --from-file export, "
+                              "else of --problems")
     reasoning_field: str = Field("reasoning", description="--from-file: field with the teacher's reasoning, if any")
     reference_think: bool = Field(False, description="reference backend: write each chain as <think>working</think> "
                                   "then its final answer line, as teacher outputs with inline think tags look")
     output_field: str = Field("output", description="--from-file: field with the teacher's output "
-                              "(inline <think>...</think>, SkyThought's and <reasoning> tags are split off into the reasoning)")
+                              "(inline <think>...</think>, SkyThought's and <reasoning> tags are split off into the reasoning); a * "
+                              "part imports every item as a sample (response.body.choices.*.message.content: all n choices)")
     finish_reason_field: str | None = Field(None, description="--from-file: field with the stop reason (length = "
                                             "truncated); unset: the nearest finish_reason beside --output-field "
                                             "(response.body.choices.0.finish_reason in an OpenAI Batch output)")
@@ -238,12 +242,13 @@ def noisy_reference_traces(probs: Iterable[Problem], noise: "ReferenceNoise", sa
     return out, log
 
 
-def read_problem_file(path: str | Path, tally: Tally, question_template: str | None = None) -> list[Problem]:
+def read_problem_file(path: str | Path, tally: Tally, question_template: str | None = None,
+                      fields: FieldMap | None = None) -> list[Problem]:
     """Problems from any supported file, read as ``curate`` and ``eval`` read them (records.read_problems: ids
-    and answers may be numbers, extra columns are ignored); bad rows and repeated ids are counted with
-    file:line, the first of an id kept."""
+    and answers may be numbers, extra columns are ignored; ``fields`` names the columns); bad rows and repeated
+    ids are counted with file:line, the first of an id kept."""
     probs, seen, wheres = [], set(), []
-    read = read_problems(path, FieldMap(), tally, question_template, wheres)
+    read = read_problems(path, fields or FieldMap(), tally, question_template, wheres)
     for p, where in zip(read, wheres):
         if p.id in seen:
             tally.add("duplicate_id", f"{where}: {p.id} (the first one is kept)")
@@ -363,31 +368,35 @@ def _text(v: Any) -> str | None:
     return s.strip() or None
 
 
-def _finish_reason(cfg: GenerateConfig, rec: dict[str, Any]) -> str | None:
+def _finish_reason(rec: dict[str, Any], output_field: str, finish_reason_field: str | None) -> str | None:
     """The stop reason of the same choice as the output: ``--finish-reason-field``, else the nearest
-    ``finish_reason`` beside ``--output-field``."""
-    if cfg.finish_reason_field:
-        return _text(get_path(rec, cfg.finish_reason_field))
-    for path in path_beside(cfg.output_field, "finish_reason"):
-        v = _text(get_path(rec, path))
-        if v is not None:
-            return v
-    return None
+    ``finish_reason`` beside ``--output-field`` (records.finish_reason_beside)."""
+    if finish_reason_field:
+        return _text(get_path(rec, finish_reason_field))
+    return finish_reason_beside(rec, output_field)
+
+
+def _has_text(v: Any) -> bool:
+    return isinstance(v, (str, int, float)) and not isinstance(v, bool) and bool(str(v).strip())
 
 
 def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Problem] | None,
                   tally: Tally) -> tuple[list[Trace], list[Problem]]:
     """Traces from a batch-inference export. With ``probs``, rows are matched to them by id, else by
-    question text; without, each distinct question becomes a Problem (id from the id field or its hash)."""
+    question text; without, each distinct question becomes a Problem (id from the id field or its hash).
+    A ``*`` in ``--output-field`` (``response.body.choices.*.message.content``) imports every choice of a line as
+    its own sample, reasoning and finish_reason read from the same choice (io.each_item)."""
     by_id = {p.id: p for p in probs} if probs is not None else None
     by_q = {" ".join(p.question.split()): p for p in probs} if probs is not None else None
     made: dict[str, Problem] = {}
     samples: dict[str, int] = {}
+    seen: dict[tuple, str] = {}  # (problem, custom_id, text) -> the file:line of the first
     teacher = cfg.model or f"import:{Path(from_file).name}"
     traces = []
     for where, rec in iter_raw(from_file, tally, duplicates=True):  # a resubmitted batch: counted, not a sample
-        output = get_path(rec, cfg.output_field)
-        if not isinstance(output, (str, int, float)) or not str(output).strip():
+        choices = [(get_path(rec, o), r, o, f) for o, r, f in
+                   each_item(rec, cfg.output_field, cfg.reasoning_field, cfg.finish_reason_field)]
+        if not any(_has_text(c[0]) for c in choices):
             err = request_error(rec)
             if err:
                 tally.add("request_failed", f"{where}: {err}")
@@ -399,7 +408,7 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
             q_what = f"{', '.join(map(repr, missing))} for --question-template"
         else:
             q, q_what = _text(get_path(rec, cfg.question_field)), f"{cfg.question_field!r} field"
-        pid = _text(get_path(rec, cfg.id_field))
+        pid = id_text(get_path(rec, cfg.id_field))
         if by_id is not None:
             p = by_id.get(pid) if pid else None
             p = p or (by_q.get(" ".join(q.split())) if q else None)
@@ -418,13 +427,23 @@ def import_traces(cfg: GenerateConfig, from_file: str | Path, probs: list[Proble
             elif " ".join(p.question.split()) != " ".join(q.split()):
                 tally.add("conflicting_id", f"{where}: id {pid!r} already has another question")
                 continue
-        inline, content = split_reasoning(str(output))
-        field_r = _text(get_path(rec, cfg.reasoning_field))
-        reasoning = "\n".join(x for x in (field_r, inline) if x) or None
-        sample = samples.get(p.id, 0)
-        samples[p.id] = sample + 1
-        traces.append(Trace(problem_id=p.id, teacher=teacher, sample=sample, reasoning=reasoning, content=content,
-                            finish_reason=_finish_reason(cfg, rec)))
+        for output, reasoning_field, output_field, finish_field in choices:
+            if not _has_text(output):
+                tally.add("missing_output", f"{where}: no text in {output_field!r}")
+                continue
+            inline, content = split_reasoning(str(output))
+            field_r = _text(get_path(rec, reasoning_field)) if reasoning_field else None
+            reasoning = "\n".join(x for x in (field_r, inline) if x) or None
+            if "custom_id" in rec:  # a batch request answered twice with the same text (a resubmitted batch: new
+                key = (p.id, str(rec["custom_id"]), output_field, content, reasoning)  # ids), counted as curate does
+                first = seen.setdefault(key, where)
+                if first is not where:
+                    tally.add("duplicate_line", f"{where}: same sample as {first}")
+                    continue
+            sample = samples.get(p.id, 0)
+            samples[p.id] = sample + 1
+            traces.append(Trace(problem_id=p.id, teacher=teacher, sample=sample, reasoning=reasoning, content=content,
+                                finish_reason=_finish_reason(rec, output_field, finish_field)))
     return traces, list(made.values())
 
 
@@ -442,7 +461,10 @@ def generate(cfg: GenerateConfig, problems_path: str | Path | None, out_dir: str
     t0 = time.monotonic()
     if problems_path is None and from_file is None:
         raise UserError("generate needs --problems FILE (or --from-file EXPORT to import a teacher's outputs)")
-    probs = read_problem_file(problems_path, tally, cfg.question_template) if problems_path is not None else None
+    # the field flags name the export's fields with --from-file, else the problems file's (a MATH-style `problem`)
+    fields = FieldMap() if from_file is not None else FieldMap(
+        id_field=cfg.id_field, question_field=cfg.question_field, answer_field=cfg.answer_field)
+    probs = read_problem_file(problems_path, tally, cfg.question_template, fields) if problems_path is not None else None
     summary: dict[str, Any] = {"backend": "import" if from_file else cfg.backend}
     failures: list[dict[str, Any]] = []
     interrupted = False

@@ -6,7 +6,9 @@ Readers never drop a record silently: every bad line is counted under a named re
 
 from __future__ import annotations
 
+import ast
 import csv
+import functools
 import json
 import os
 import platform
@@ -69,14 +71,40 @@ def check_readable(path: str | Path, what: str = "input file") -> Path:
     return p
 
 
+@functools.lru_cache(maxsize=32)  # a line's response is read for its content, finish_reason, reasoning...
+def text_container(v: str) -> Any:
+    """A list or dict an exporter wrote as text (a JSON column in CSV/BigQuery: ``'{"body": ...}'``; pandas
+    ``to_csv`` of a list or dict column: ``"['4', '7']"``, ``"{'A': None}"``) read back; other text as it is."""
+    t = v.strip()
+    if t[:1] + t[-1:] in ("[]", "{}"):
+        for parse in (json.loads, ast.literal_eval):
+            try:
+                x = parse(t)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                continue
+            if isinstance(x, (list, dict)):
+                return x
+    return v
+
+
 def get_path(rec: dict[str, Any], path: str) -> Any:
     """``rec[path]`` when the record has that key (a column named ``a.b`` stays reachable), else a dotted path
     into nested objects and lists (``response.body.choices.0.message.content``; ``-1`` is the last item).
+    The path may start at a flattened column (``pd.json_normalize``: ``response.body``), and a nested value an
+    exporter wrote as text (JSON or a Python repr in a CSV cell) is read through (:func:`text_container`).
     None when any part is missing. The one field reader of ``generate --from-file`` and ``curate``."""
     if path in rec:
         return rec[path]
+    parts = path.split(".")
     cur: Any = rec
-    for part in path.split("."):
+    for i in range(len(parts) - 1, 0, -1):  # the longest leading run of parts that names a column
+        key = ".".join(parts[:i])
+        if key in rec:
+            cur, parts = rec[key], parts[i:]
+            break
+    for part in parts:
+        if isinstance(cur, str):
+            cur = text_container(cur)
         if isinstance(cur, dict):
             cur = cur.get(part)
         elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
@@ -86,6 +114,22 @@ def get_path(rec: dict[str, Any], path: str) -> Any:
         if cur is None:
             return None
     return cur
+
+
+def each_item(rec: dict[str, Any], *paths: str | None) -> list[tuple[str | None, ...]]:
+    """``paths`` once per item of the list a ``*`` part of the first one walks through, ``*`` replaced by the
+    item's index in every path: ``response.body.choices.*.message.content`` on a line of 3 choices (an OpenAI
+    Batch request sent with ``n=3``) -> the paths of choices 0, 1, 2. Without ``*``, or when the list is
+    missing or empty, ``[paths]`` (with ``*`` read as 0)."""
+    first = paths[0] or ""
+    parts = first.split(".")
+    if "*" not in parts:
+        return [paths]
+    k = parts.index("*")
+    items = get_path(rec, ".".join(parts[:k])) if k else None
+    items = text_container(items) if isinstance(items, str) else items  # a list a CSV cell holds as text
+    n = len(items) if isinstance(items, list) and items else 1
+    return [tuple(p.replace("*", str(i)) if p else p for p in paths) for i in range(n)]
 
 
 def path_beside(path: str, name: str) -> list[str]:
@@ -354,7 +398,11 @@ def write_dataset_files(rows: list[dict[str, Any]], out: str | Path, name: str, 
 
 
 def read_json(path: str | Path) -> Any:
+    """A JSON document; a ``.jsonl`` file, or JSON Lines in a ``.json`` file (``Dataset.to_json``), as its list
+    of rows (a bad line is an error). Raises :class:`UserError` for a file that is neither."""
     p = check_readable(path)
+    if p.suffix.lower() in (".jsonl", ".ndjson") or (p.suffix.lower() == ".json" and _looks_like_jsonl(p)):
+        return read_jsonl(p)
     try:
         return json.loads(p.read_text(encoding="utf-8-sig"))
     except json.JSONDecodeError as e:

@@ -41,7 +41,8 @@ def messages(instruction: str, question: str, answer: str | None = None) -> list
 def alpaca_rows(rows: Any, path: str | Path) -> list[Any]:
     """Alpaca rows as mathdistill's train renders them: ``instruction`` -> system turn, ``input`` -> user turn.
 
-    A row with a ``system`` or ``history`` column is LLaMA-Factory style and is read as LLaMA-Factory's
+    A row with a ``system`` or ``history`` column, or with the question in ``instruction`` and no ``input``
+    (LLaMA-Factory's plain Alpaca, as its alpaca_en_demo), is LLaMA-Factory style and is read as LLaMA-Factory's
     AlpacaDatasetConverter renders it (src/llamafactory/data/converter.py): ``system`` -> system turn,
     ``instruction`` and ``input`` joined by a newline -> user turn. A non-empty ``history`` (earlier turns) is
     refused with one line (training is single-turn). Other rows, and non-objects (counted by the caller),
@@ -53,8 +54,9 @@ def alpaca_rows(rows: Any, path: str | Path) -> list[Any]:
         raise UserError(f"{path}: expected a non-empty JSON list of Alpaca rows (instruction, input, output)")
     out = []
     for i, r in enumerate(rows):
-        if not isinstance(r, dict) or ("system" not in r and "history" not in r):
-            out.append(r)
+        plain_lf = isinstance(r, dict) and not (isinstance(r.get("input"), str) and r["input"].strip())
+        if not isinstance(r, dict) or ("system" not in r and "history" not in r and not plain_lf):
+            out.append(r)  # mathdistill's own row: the question is always in input
             continue
         if r.get("history"):
             raise UserError(f"{path}:#{i}: a LLaMA-Factory 'history' (earlier turns) is not supported: mathdistill "

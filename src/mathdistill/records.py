@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import UserError
-from .io import Tally, get_path, iter_raw
+from .io import Tally, get_path, iter_raw, path_beside, text_container
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af]")
 
@@ -161,25 +161,43 @@ def answer_text(output: str, tags: tuple[tuple[str, str], ...] | list | None = N
 
 def request_error(rec: dict[str, Any]) -> str | None:
     """Why an OpenAI Batch output line holds no completion, else None: its ``error`` (``batch_expired``...) or a
-    non-200 ``response`` (``HTTP 400 unsupported_parameter: ...``)."""
-    err = rec.get("error")
-    resp = rec.get("response")
-    status = resp.get("status_code") if isinstance(resp, dict) else None
-    if isinstance(status, int) and status != 200:
-        body = resp.get("body") if isinstance(resp.get("body"), dict) else {}
-        e = body.get("error") if isinstance(body.get("error"), dict) else {}
-        return f"HTTP {status}" + (f" {e.get('code') or e.get('type') or ''}: {e.get('message', '')}".rstrip(": ") if e else "")
-    if isinstance(err, dict) and err:
-        return f"{err.get('code') or 'error'}: {err.get('message', '')}".rstrip(": ")
+    non-200 ``response`` (``HTTP 400 unsupported_parameter: ...``). Read with :func:`io.get_path`, so the same
+    line exported to CSV or Parquet (JSON text in a cell, ``pd.json_normalize`` columns) reads the same."""
+    try:
+        status = whole_number(get_path(rec, "response.status_code"))
+    except (TypeError, ValueError):
+        status = None
+    if status is not None and status != 200:
+        e = {k: _clean(get_path(rec, f"response.body.error.{k}")) for k in ("code", "type", "message")}
+        what = e["code"] or e["type"] or ""
+        return f"HTTP {status}" + (f" {what}: {e['message'] or ''}".rstrip(": ") if what or e["message"] else "")
+    code, message = _clean(get_path(rec, "error.code")), _clean(get_path(rec, "error.message"))
+    if code or message:
+        return f"{code or 'error'}: {message or ''}".rstrip(": ")
     return None
 
 
+def finish_reason_beside(rec: dict[str, Any], content_path: str) -> str | None:
+    """The stop reason of the same choice as the content at ``content_path``: the nearest ``finish_reason``
+    beside it (``response.body.choices.0.finish_reason``), else the nearest ``incomplete_details.reason`` of an
+    OpenAI Responses API body (``max_output_tokens`` -> ``length``). None when there is neither."""
+    for path in path_beside(content_path, "finish_reason"):
+        v = get_path(rec, path)
+        if isinstance(v, str) and v.strip():
+            return v.strip()
+    for path in path_beside(content_path, "incomplete_details"):
+        d = get_path(rec, path)
+        d = text_container(d) if isinstance(d, str) else d
+        if isinstance(d, dict) and d.get("reason"):
+            return "length" if d["reason"] == "max_output_tokens" else str(d["reason"])
+    return None
+
 
 def whole_number(v: Any) -> int | None:
-    """A count as written by any exporter: ``123``, ``"123"``, ``123.0``, ``"123.0"`` -> 123; None/"" -> None.
+    """A count as written by any exporter: ``123``, ``"123"``, ``123.0``, ``"123.0"`` -> 123; None/""/NaN -> None.
     Raises ValueError for anything else (``12.5``, ``"abc"``, a bool)."""
-    if v is None or (isinstance(v, str) and not v.strip()):
-        return None
+    if v is None or (isinstance(v, str) and v.strip().lower() in ("", "nan")) or (isinstance(v, float) and v != v):
+        return None  # NaN: pandas' missing value
     if isinstance(v, bool):
         raise ValueError(f"not a whole number: {v!r}")
     if isinstance(v, int):
@@ -188,6 +206,23 @@ def whole_number(v: Any) -> int | None:
     if not f.is_integer():
         raise ValueError(f"not a whole number: {v!r}")
     return int(f)
+
+
+_FLOAT_INT = re.compile(r"^[+-]?\d+\.0+$")
+
+
+def id_text(v: Any) -> str | None:
+    """An id as text, the same from every reader and exporter: ``7``, ``7.0`` and ``"7.0"`` (pandas writes an int
+    column with a gap as floats, in JSON and CSV alike) -> ``"7"``; other values stripped (``"007"``, ``"1.10"``
+    kept as written); None/""/NaN -> None."""
+    if v is None or (isinstance(v, float) and v != v):  # NaN: pandas' missing value
+        return None
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    s = str(v).strip()
+    if _FLOAT_INT.match(s):
+        s = s.split(".", 1)[0]
+    return s or None
 
 
 _LETTERED = re.compile(r"^\(?[A-Za-z][).:]\s*")
@@ -219,7 +254,8 @@ def render_question(template: str, rec: dict[str, Any]) -> tuple[str | None, lis
 
     def sub(m: re.Match) -> str:
         v = get_path(rec, m.group(1).strip())
-        if v is None or (isinstance(v, str) and not v.strip()):
+        v = text_container(v) if isinstance(v, str) else v  # a list column a CSV holds as text
+        if v is None or (isinstance(v, (str, list, dict)) and not (v.strip() if isinstance(v, str) else v)):
             missing.append(m.group(1))
             return ""
         return _render_value(v)
@@ -266,10 +302,7 @@ def read_problems(path: str | Path, fields: FieldMap | None = None, tally: Tally
         if q is None:
             tally.add("missing_question", f"{where}: no {fields.question_field!r} field")
             continue
-        raw_id = rec.get(fields.id_field)
-        if isinstance(raw_id, float) and raw_id.is_integer():
-            raw_id = int(raw_id)  # pandas writes an int column with a gap as floats: 7.0 is the id "7"
-        pid = _clean(raw_id) or stable_id(q)
+        pid = id_text(rec.get(fields.id_field)) or stable_id(q)
         meta = rec.get("meta") if isinstance(rec.get("meta"), dict) else {}
         out.append(Problem(
             id=pid,

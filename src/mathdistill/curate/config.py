@@ -18,7 +18,8 @@ class TraceFields(StageConfig):
     """Where a traces file keeps each field; a dotted name reaches inside (``response.body.content``)."""
 
     problem_id_field: str = Field("problem_id", description="field with the problem id the trace answers")
-    content_field: str = Field("content", description="field with the teacher's visible answer")
+    content_field: str = Field("content", description="field with the teacher's visible answer; a * part makes "
+                               "every item a sample (response.body.choices.*.message.content: all n choices)")
     reasoning_field: str = Field("reasoning", description="field with the teacher's separate reasoning, if any")
     finish_reason_field: str = Field("finish_reason", description="field with the stop reason (length = truncated); "
                                      "when the record has no such field, the nearest finish_reason beside "
