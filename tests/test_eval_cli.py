@@ -163,3 +163,20 @@ def test_an_openai_batch_output_is_read_as_predictions(tmp_path, capsys, finish,
     assert code == 0, capsys.readouterr().err
     pred = json.loads((tmp_path / "ev" / "predictions.jsonl").read_text().splitlines()[0])
     assert (pred["correct"], pred["tokens"], pred["finish_reason"]) == (correct, tokens, finish)
+
+
+@pytest.mark.parametrize("output, tags, correct", [
+    # a draft answer inside the model's own reasoning pair is not graded; the answer after it is
+    ("The answer is \\boxed{7}. <scratch>check: \\boxed{5}</scratch>", [("<scratch>", "</scratch>")], True),
+    ("<scratch>so \\boxed{7}</scratch>", [("<scratch>", "</scratch>")], False),  # it never answered
+    # the built-in pairs still apply when none are configured
+    ("<think>maybe \\boxed{5}</think> The answer is \\boxed{7}.", None, True),
+    ("<|begin_of_thought|>\\boxed{5}<|end_of_thought|><|begin_of_solution|>\\boxed{7}<|end_of_solution|>", None, True),
+])
+def test_eval_strips_the_configured_reasoning_tags_before_grading(output, tags, correct):
+    from mathdistill.backends import Generation
+    from mathdistill.evaluate import score_outputs
+    from mathdistill.records import Problem
+
+    pred, = score_outputs([Problem(id="p", question="q", answer="7")], [Generation(output, 12, "stop")], tags)
+    assert pred.correct is correct

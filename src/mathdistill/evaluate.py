@@ -27,7 +27,7 @@ from .io import Tally, file_sha256, get_path, iter_raw, package_versions, read_j
 from .judge import JudgeConfig, judge
 from .models import DEFAULT_STUDENT, load_tokenizer, model_bytes, resolve
 from .progress import info
-from .records import FieldMap, Prediction, Problem, answer_text, id_text, read_problems, whole_number
+from .records import REASONING_TAGS, FieldMap, Prediction, Problem, answer_text, id_text, read_problems, whole_number
 from .scores import INTERVAL_KEYS, ScoreConfig, aggregate, cqs_proxy, paired_bootstrap
 
 __all__ = ["EvalConfig", "PredictionFields", "evaluate", "compare", "score_outputs"]
@@ -50,6 +50,10 @@ class EvalConfig(GenerationConfig):
     limit: int | None = Field(None, ge=1, description="score only the first N problems")
     threads: int | None = Field(None, description="torch threads (None: all cores)")
     model_bytes: int | None = Field(None, ge=1, description="bytes of the served weights, for MLS when the model is not a local folder")
+    reasoning_tags: list[tuple[str, str]] = Field(default_factory=lambda: list(REASONING_TAGS),
+                                                  description="(open, close) tag pairs around the model's reasoning, "
+                                                  "stripped before grading (as curate's reasoning_tags): <think>, "
+                                                  "SkyThought's <|begin_of_thought|>, <reasoning>; add your model's pair")
     cqs: Literal["proxy", "judge"] = Field("proxy", description="CQS from the offline proxy or an LLM judge")
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="judge endpoint and rubric (cqs: judge)")
     predictions_fields: PredictionFields = Field(default_factory=PredictionFields, description="field names of --predictions files")
@@ -60,12 +64,14 @@ class EvalConfig(GenerationConfig):
 MISS_REASONS = ("prompt_too_long", "empty_output", "no_stop", "error", "missing_prediction", "no_answer")
 
 
-def score_outputs(probs: list[Problem], outs: list[Generation | dict[str, Any]]) -> list[Prediction]:
-    """Grade each output against its problem's reference; the proxy CQS of every chain."""
+def score_outputs(probs: list[Problem], outs: list[Generation | dict[str, Any]],
+                  reasoning_tags: list[tuple[str, str]] | None = None) -> list[Prediction]:
+    """Grade each output against its problem's reference (its reasoning, between any of ``reasoning_tags``,
+    stripped first; None: :data:`records.REASONING_TAGS`); the proxy CQS of every chain."""
     preds = []
     for p, o in zip(probs, outs):
         g = o if isinstance(o, Generation) else Generation(o["output"], o["tokens"], o["finish_reason"])
-        v = grade(answer_text(g.output), p.answer, finish_reason=g.finish_reason)
+        v = grade(answer_text(g.output, reasoning_tags), p.answer, finish_reason=g.finish_reason)
         preds.append(Prediction(problem_id=p.id, source=p.source, output=g.output, extracted_answer=v.answer,
                                 reference=p.answer, correct=v.correct, tokens=g.tokens, finish_reason=g.finish_reason,
                                 grade_rule=v.rule, cqs={"kind": "proxy", **cqs_proxy(g.output, p.question)}))
@@ -233,7 +239,7 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
         gens = backend.generate(probs)
         mbytes = cfg.model_bytes or backend.model_bytes()
     dt = time.monotonic() - t0
-    preds = score_outputs(probs, gens)
+    preds = score_outputs(probs, gens, cfg.reasoning_tags)
     misses = count_misses(preds, gens)
     cqs_meta: dict[str, Any] = {"kind": cfg.cqs}
     if cfg.cqs == "judge":
