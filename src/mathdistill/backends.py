@@ -6,6 +6,7 @@
 - ``openai``: any OpenAI-compatible endpoint through :mod:`mathdistill.client` (retries, cache); greedy
   (temperature 0); tokens from the response's ``usage``.
 - ``vllm``: imported only when asked for (GPU); the same answer-complete truncation as ``transformers``.
+- ``llamacpp``: llama.cpp on a GGUF file (:mod:`mathdistill.llamacpp`, imported only when asked for).
 
 Nothing here raises on a bad problem: a prompt longer than the model's context (``prompt_too_long``), a failed
 call (``error``) or a model that never stops (``length``) is a :class:`Generation` that scores as a miss.
@@ -274,6 +275,15 @@ def generate_batched(model, tok, prompts: list[str], max_new_tokens: int, batch_
                 mask = torch.cat([mask, mask.new_ones((mask.shape[0], ids.shape[1] - mask.shape[1]))], dim=1)
             b.set_postfix(f"{n_tokens / max(time.monotonic() - t0, 1e-9):.1f} tok/s")
     return results  # type: ignore[return-value]
+
+
+def local_backend(cfg: "EvalConfig", spec: ModelSpec) -> Backend:
+    """The backend ``cfg.backend`` (transformers, vllm or llamacpp) on the local model ``spec``."""
+    if cfg.backend == "llamacpp":
+        from .llamacpp import LlamaCppBackend
+
+        return LlamaCppBackend.from_config(cfg, spec)
+    return VLLMBackend(cfg, spec) if cfg.backend == "vllm" else TransformersBackend(cfg, spec)
 
 
 _CONTEXT_ERR = re.compile(r"context length|maximum context|too many tokens|prompt is too long|max_model_len", re.I)

@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from .answers import answers_equal, extract_answer
 from .backends import (AnswerStop, Backend, Generation, OpenAIBackend, TransformersBackend, VLLMBackend,  # noqa: F401
-                       answer_complete, generate_batched, render_prompt)
+                       answer_complete, generate_batched, local_backend, render_prompt)
 from .config import StageConfig
 from .errors import UserError
 from .io import Tally, file_sha256, iter_raw, package_versions, read_json, write_json, write_jsonl
@@ -46,7 +46,8 @@ class PredictionFields(StageConfig):
 class EvalConfig(StageConfig):
     """How a model is run on the eval set and scored."""
 
-    backend: Literal["transformers", "openai", "vllm"] = Field("transformers", description="generation backend")
+    backend: Literal["transformers", "openai", "vllm", "llamacpp"] = Field("transformers", description="generation backend "
+                                                                           "(llamacpp: llama.cpp on a GGUF file)")
     max_new_tokens: int = Field(256, ge=1, description="completion token limit; a chain that hits it is a miss")
     batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it)")
     stop_at_answer: bool = Field(True, description="stop a sequence once its final answer is complete")
@@ -229,7 +230,7 @@ def evaluate(cfg: EvalConfig, problems_path: str | Path, out_dir: str | Path, mo
         else:
             model = model or DEFAULT_STUDENT
             spec = resolve(model, adapter)
-            backend = VLLMBackend(cfg, spec) if cfg.backend == "vllm" else TransformersBackend(cfg, spec)
+            backend = local_backend(cfg, spec)
         t0 = time.monotonic()
         gens = backend.generate(probs)
         mbytes = cfg.model_bytes or backend.model_bytes()
