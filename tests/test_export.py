@@ -207,3 +207,52 @@ def test_gguf_pre_tokenizer_or_refusal(tiny_model, tmp_path, name, edit, pre):
     assert f["tokenizer.ggml.eos_token_id"] == tok.eos_token_id and f["tokenizer.chat_template"] == tok.chat_template
     assert f["tokenizer.ggml.add_bos_token"] is False  # the tiny tokenizer adds no BOS to a text
     assert len(f["tokenizer.ggml.merges"]) == len(json.loads((src / "tokenizer.json").read_text())["model"]["merges"])
+
+
+# ---------------------------------------------------------------- end of turn != EOS, adapters on another base
+@pytest.fixture
+def eot_model(tiny_model, tmp_path):
+    """The tiny model as a base checkpoint: EOS is <|endoftext|>, while its ChatML turns end with <|im_end|>."""
+    import shutil
+
+    d = tmp_path / "eot"
+    shutil.copytree(tiny_model, d)
+    for name, key in (("tokenizer_config.json", "eos_token"), ("config.json", "eos_token_id"),
+                      ("generation_config.json", "eos_token_id")):
+        j = json.loads((d / name).read_text())
+        j[key] = "<|endoftext|>" if key == "eos_token" else 0
+        (d / name).write_text(json.dumps(j))
+    return d
+
+
+def test_end_of_turn_stops_eval_and_exports(eot_model, tmp_path):
+    from conftest import scripted_model
+    from mathdistill.backends import eos_ids_of, generate_batched
+
+    _, tok = load(resolve(str(eot_model)))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token_id == 0 != im_end
+    m = scripted_model(eot_model)
+    assert eos_ids_of(m, tok) == {0, im_end}
+    line = tok("1 + 1 = 2", add_special_tokens=False)["input_ids"]
+    m.default = line + [im_end] + tok(" 7 + 7 = 14", add_special_tokens=False)["input_ids"] * 5
+    g = generate_batched(m, tok, ["12 + 35 ="], max_new_tokens=30, batch_size=1, stop_at_answer=False)[0]
+    assert (g.output, g.tokens, g.finish_reason) == ("1 + 1 = 2", len(line) + 1, "stop")
+    # merged: transformers / vLLM stop at the end of the turn; GGUF: llama.cpp's end-of-turn token
+    export(ExportConfig(format="merged", dtype="float32"), eot_model, tmp_path / "m")
+    gen_cfg = json.loads((tmp_path / "m" / "generation_config.json").read_text())
+    assert sorted(gen_cfg["eos_token_id"]) == [0, im_end]
+    export(ExportConfig(format="gguf", gguf_type="f16"), eot_model, tmp_path / "g")
+    f = gguf_fields(tmp_path / "g" / "model-f16.gguf")
+    assert (f["tokenizer.ggml.eos_token_id"], f["tokenizer.ggml.eot_token_id"]) == (0, im_end)
+
+
+def test_adapter_on_another_base_is_refused(run, tiny_model, tmp_path):
+    from conftest import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other-base", seed=1)  # same shapes: PEFT alone would load it silently
+    load(resolve(str(tiny_model), adapter=str(run / "adapter")))  # its own base: fine
+    with pytest.raises(UserError) as e:
+        load(resolve(str(other), adapter=str(run / "adapter")))
+    msg = str(e.value)
+    assert "\n" not in msg and str(other) in msg and tiny_model.name in msg and "trained on" in msg

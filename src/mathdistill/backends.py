@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from .calculator import CalcState, Calculator
 from .errors import UserError
-from .models import ModelSpec, load, load_path, load_tokenizer, model_bytes
+from .models import ModelSpec, end_of_turn_ids, load, load_path, load_tokenizer, model_bytes
 from .progress import bar, info
 from .prompts import instruction_for, messages
 from .records import Problem
@@ -64,8 +64,11 @@ def render_prompt(tok, p: Problem) -> str:
 
 
 def eos_ids_of(model, tok) -> set[int]:
+    """Ids that end a completion: the tokenizer's and the generation config's EOS, and the chat template's
+    end-of-turn token when it is not the EOS (a base checkpoint whose EOS is ``<|endoftext|>`` still stops at
+    ``<|im_end|>``)."""
     eos = tok.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    ids = (set(eos if isinstance(eos, list) else [eos]) - {None}) | end_of_turn_ids(tok)
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if gen_eos is not None:
         ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])

@@ -31,6 +31,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .config import StageConfig
+from .backends import eos_ids_of
 from .errors import UserError
 from .gguf_export import CHECK_TEXTS, CHKTXT, write_gguf
 from .io import package_versions, read_json, write_json
@@ -63,6 +64,9 @@ def _save_merged(model, tok, out: Path, dtype: str) -> None:
 
     model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
     model.config.dtype = dtype
+    stop = sorted(eos_ids_of(model, tok))  # transformers and vLLM stop at the end of the turn too
+    if stop and getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = stop[0] if len(stop) == 1 else stop
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 

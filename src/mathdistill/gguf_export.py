@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import UserError
+from .models import end_of_turn_ids
 
 GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 
@@ -132,6 +133,9 @@ def _add_tokenizer(w, config, tok) -> None:
         special.add_special_token["eos"] = True
     else:
         special.add_special_token.pop("eos", None)  # absent means False to llama.cpp
+    eot = end_of_turn_ids(tok) - {tok.eos_token_id}
+    if eot:  # a turn ends with a token other than EOS: llama.cpp stops there too (end of generation)
+        special.special_token_ids.setdefault("eot", min(eot))
     special.add_to_gguf(w, quiet=True)
     w.add_add_space_prefix(False)  # byte-level BPE: a leading space is a byte of the text, never added
 
