@@ -86,7 +86,10 @@ class GGUFModel:
         self.close()
 
     def __del__(self):
-        self.close()
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001  (interpreter shutdown: llama_cpp may be gone already)
+            pass
 
     def meta(self, key: str) -> str | None:
         buf = ctypes.create_string_buffer(1 << 16)
