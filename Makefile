@@ -23,7 +23,7 @@ demo: install
 
 # Two pytest workers (pytest-xdist): the end-to-end test on the real student runs on one while the other takes
 # the tiny-model tests, which run on one torch thread each (tests/conftest.py).
-# The tests also run llama.cpp (the `llamacpp` extra): its first install compiles it (~30 min on 2 cores, then
+# The tests also run llama.cpp (the `llamacpp` extra): its first install compiles it (~37 min on 2 busy cores, then
 # the wheel comes from pip's cache); `make demo` does not need it.
 LLAMA_STAMP := $(VENV)/.mathdistill-llamacpp
 

@@ -34,7 +34,7 @@ from .progress import bar, info
 from .prompts import CHATML_TEMPLATE, instruction_for, messages
 from .records import Problem
 
-INSTALL = "pip install 'mathdistill[llamacpp]' (builds llama-cpp-python from source the first time, ~30 min on 2 cores)"
+INSTALL = "pip install 'mathdistill[llamacpp]' (pip compiles llama-cpp-python from source the first time: ~37 min on 2 busy cores)"
 
 
 def require() -> Any:
