@@ -23,10 +23,18 @@ demo: install
 
 # Two pytest workers (pytest-xdist): the end-to-end test on the real student runs on one while the other takes
 # the tiny-model tests, which run on one torch thread each (tests/conftest.py).
-test: install
+# The tests also run llama.cpp (the `llamacpp` extra): its first install compiles it (~37 min on 2 busy cores, then
+# the wheel comes from pip's cache); `make demo` does not need it.
+LLAMA_STAMP := $(VENV)/.mathdistill-llamacpp
+
+$(LLAMA_STAMP): $(STAMP)
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,llamacpp]'
+	touch $(LLAMA_STAMP)
+
+test: $(LLAMA_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --durations=10
 
-test-fast: install
+test-fast: $(LLAMA_STAMP)
 	$(BIN)/python -m pytest -q -m "not e2e"
 
 # Every benchmark, one after the other (each prints its ratios against a baseline measured in the same run).

@@ -11,6 +11,13 @@ minutes on 2 CPU cores: the naive side is the slow one.
     python benchmarks/bench_eval.py --model PATH --n 16 --max-new-tokens 32      # quicker, any model
 
 Prints tokens/s of both, the ratio, and whether every extracted answer (and every output) is identical.
+
+``--llamacpp`` (llama-cpp-python installed) adds llama.cpp (:mod:`mathdistill.llamacpp`, ``batch_size``
+sequences through the batch API) on the student's base GGUF (when it has one) and on its f16 / q8_0 / q4_0
+exports, on the same problems: tokens/s and AS per format against the transformers batched backend, answers
+compared one by one. Goal: >= 1.0x its tokens/s at the same AS (within one problem) for f16 and q8_0.
+
+    flock /tmp/mathdistill-heavy.lock python benchmarks/bench_eval.py --llamacpp --no-naive
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import time
 from pathlib import Path
 
 GOAL = 3.0  # required tokens/s ratio, batched over naive
+LLAMACPP_GOAL = 1.0  # required tokens/s ratio, llama.cpp (f16, q8_0) over the transformers batched backend
 
 
 def eval_subset(n: int, seed: int) -> list:
@@ -74,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     ap.add_argument("--no-stop-at-answer", action="store_true", help="both sides stop at EOS only")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--llamacpp", action="store_true", help="add llama.cpp on the base GGUF and f16/q8_0/q4_0 exports")
+    ap.add_argument("--no-naive", action="store_true", help="skip the one-prompt-at-a-time side (its ratio is not printed)")
     a = ap.parse_args(argv)
 
     import torch
@@ -102,16 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     gens = generate_batched(model, tok, prompts, a.max_new_tokens, batch_size, stop)
     t_batched = time.perf_counter() - t0
+    b_tok = sum(g.tokens for g in gens)
+    b_tps = b_tok / t_batched
+    print(f"batched transformers backend:  {b_tok} tokens in {t_batched:7.1f} s = {b_tps:6.1f} tokens/s", flush=True)
+    res_llama = llamacpp_rows(a, probs, gens, b_tps, batch_size, stop) if a.llamacpp else None
+    if a.no_naive:
+        if a.json:
+            a.json.write_text(json.dumps({"model": a.model, "problems": len(probs), "max_new_tokens": a.max_new_tokens,
+                                          "batch_size": batch_size, "stop_at_answer": stop,
+                                          "batched": {"wall_s": round(t_batched, 2), "tokens": b_tok,
+                                                      "tokens_per_s": round(b_tps, 2)}, "llamacpp": res_llama}, indent=2))
+        return 0 if res_llama is None or res_llama["goal_met"] else 1
     t0 = time.perf_counter()
     n_out, n_tok = naive(model, tok, prompts, a.max_new_tokens, stop)
     t_naive = time.perf_counter() - t0
 
-    b_tok = sum(g.tokens for g in gens)
     nv_tok = sum(n_tok)
     same_answers = [extract_answer(g.output) == extract_answer(o) for g, o in zip(gens, n_out)]
     same_text = [g.output == o for g, o in zip(gens, n_out)]
     same_tokens = [g.tokens == k for g, k in zip(gens, n_tok)]
-    b_tps, n_tps = b_tok / t_batched, nv_tok / t_naive
+    n_tps = nv_tok / t_naive
     ratio = b_tps / n_tps
     res = {"model": a.model, "problems": len(probs), "max_new_tokens": a.max_new_tokens, "batch_size": batch_size,
            "stop_at_answer": stop, "threads": torch.get_num_threads(),
@@ -120,9 +140,8 @@ def main(argv: list[str] | None = None) -> int:
            "ratio_tokens_per_s": round(ratio, 2), "ratio_wall": round(t_naive / t_batched, 2),
            "same_extracted_answers": sum(same_answers), "same_outputs": sum(same_text), "same_token_counts": sum(same_tokens),
            "differing_problems": [p.id for p, s in zip(probs, same_answers) if not s],
-           "hit_max_new_tokens": sum(g.finish_reason == "length" for g in gens)}
+           "hit_max_new_tokens": sum(g.finish_reason == "length" for g in gens), "llamacpp": res_llama}
     print(f"naive   model.generate x{len(probs)}: {nv_tok} tokens in {t_naive:7.1f} s = {n_tps:6.1f} tokens/s")
-    print(f"batched transformers backend:  {b_tok} tokens in {t_batched:7.1f} s = {b_tps:6.1f} tokens/s")
     print(f"ratio: {ratio:.2f}x tokens/s ({t_naive / t_batched:.2f}x wall); goal >= {GOAL}x: {'met' if ratio >= GOAL else 'MISSED'}")
     print(f"same extracted answer on {sum(same_answers)}/{len(probs)} problems, same output text on {sum(same_text)}/{len(probs)}, "
           f"same token count on {sum(same_tokens)}/{len(probs)}; {res['hit_max_new_tokens']} hit max_new_tokens")
@@ -132,6 +151,56 @@ def main(argv: list[str] | None = None) -> int:
     if a.json:
         a.json.write_text(json.dumps(res, indent=2))
     return 0 if all(same_answers) else 1
+
+
+def llamacpp_rows(a, probs, ref, ref_tps: float, parallel: int, stop: bool) -> dict:
+    """llama.cpp on the base GGUF (when the student has one) and on f16/q8_0/q4_0 exports of the student; each
+    against the transformers backend's generations ``ref`` (tokens/s ratio, AS, answers one by one)."""
+    from mathdistill.answers import extract_answer
+    from mathdistill.evaluate import score_outputs
+    from mathdistill.export import ExportConfig, export
+    from mathdistill.llamacpp import GGUFModel, generate_parallel
+    from mathdistill.models import resolve
+
+    spec = resolve(a.model)
+    files: list[tuple[str, Path]] = []
+    if spec.kind == "gguf":
+        files.append((f"base GGUF ({spec.gguf_file})", Path(spec.path) / str(spec.gguf_file)))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-eval-gguf-"))
+    for t in ("f16", "q8_0", "q4_0"):
+        export(ExportConfig(format="gguf", gguf_type=t), a.model, tmp / t)
+        files.append((f"export {t}", tmp / t / f"model-{t}.gguf"))
+    ref_ok = [x.correct for x in score_outputs(probs, ref)]  # graded as eval grades (AS)
+    rows = []
+    print("\n| backend / file | MB | tokens | tokens/s | vs transformers | AS | same answers | same text |", flush=True)
+    print("|---|---|---|---|---|---|---|---|")
+    print(f"| transformers (fp32, batch {parallel}) | - | {sum(g.tokens for g in ref)} | {ref_tps:.1f} | 1.00x | "
+          f"{100 * sum(ref_ok) / len(probs):.1f} | - | - |", flush=True)
+    for label, f in files:
+        with GGUFModel(f) as gm:
+            prompts = [gm.tokenize(gm.render(p)) for p in probs]
+            generate_parallel(gm, prompts[:1], 4, parallel=1, stop_at_answer=stop, threads=a.threads)  # warm-up
+            t0 = time.perf_counter()
+            gens = generate_parallel(gm, prompts, a.max_new_tokens, parallel=parallel, stop_at_answer=stop, threads=a.threads)
+            dt = time.perf_counter() - t0
+        ok = [x.correct for x in score_outputs(probs, gens)]
+        same = [extract_answer(g.output) == extract_answer(r.output) for g, r in zip(gens, ref)]
+        r = {"label": label, "bytes": f.stat().st_size, "tokens": sum(g.tokens for g in gens), "wall_s": round(dt, 2),
+             "tokens_per_s": round(sum(g.tokens for g in gens) / dt, 2), "AS": round(100 * sum(ok) / len(probs), 1),
+             "correct": sum(ok), "same_answers": sum(same), "same_text": sum(g.output == r.output for g, r in zip(gens, ref)),
+             "differing_problems": [p.id for p, s in zip(probs, same) if not s]}
+        r["ratio"] = round(r["tokens_per_s"] / ref_tps, 2)
+        rows.append(r)
+        print(f"| llama.cpp {label} | {r['bytes'] / 1e6:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f}x | "
+              f"{r['AS']:.1f} | {r['same_answers']}/{len(probs)} | {r['same_text']}/{len(probs)} |", flush=True)
+    import shutil
+
+    shutil.rmtree(tmp, ignore_errors=True)
+    gated = [r for r in rows if r["label"] in ("export f16", "export q8_0")]
+    met = all(r["ratio"] >= LLAMACPP_GOAL and abs(r["correct"] - sum(ref_ok)) <= 1 for r in gated)
+    print(f"llama.cpp goal (f16 and q8_0 >= {LLAMACPP_GOAL}x tokens/s, AS within one problem): {'met' if met else 'MISSED'}")
+    return {"transformers": {"tokens_per_s": round(ref_tps, 2), "AS": round(100 * sum(ref_ok) / len(probs), 1),
+                             "correct": sum(ref_ok)}, "rows": rows, "goal_met": met}
 
 
 if __name__ == "__main__":

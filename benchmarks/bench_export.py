@@ -3,7 +3,8 @@
 One run: the smoke problems (`mathdistill problems --preset smoke`), reference chains, the smoke recipe's LoRA
 student (SmolLM2-135M-Instruct), then every export format, each scored by the same `evaluate` that
 `mathdistill eval --preset smoke --model EXPORT` runs. The baseline row is the student as the run ships it
-(the base GGUF + the LoRA adapter).
+(the base GGUF + the LoRA adapter). With llama-cpp-python installed, each GGUF is also scored on llama.cpp
+(`--backend llamacpp`): the AS the shipped file gets where it is actually run.
 
     flock /tmp/mathdistill-heavy.lock python benchmarks/bench_export.py            # ~8 min on 2 cores
 """
@@ -41,6 +42,7 @@ def main() -> None:
     from mathdistill.export import ExportConfig, export
     from mathdistill.plots import export_table
     from mathdistill.generate import GenerateConfig, generate
+    from mathdistill import llamacpp
     from mathdistill.models import home
     from mathdistill.problems import ProblemsConfig, problems
     from mathdistill.train import TrainConfig, train
@@ -60,9 +62,14 @@ def main() -> None:
     def score(label: str, model: str, out: Path, t_export: float | None) -> None:
         t0 = time.monotonic()
         s = evaluate(ecfg, eval_file, out, model=model, label=label)
-        rows.append({"label": label, "bytes": s["model_bytes"], "MLS": s["MLS"], "AS": s["AS"], "CQS": s["CQS"],
-                     "ES": s["ES"], "overall": s["overall"], "export_s": t_export, "eval_s": round(time.monotonic() - t0, 1),
-                     "gen_tokens_per_s": s["meta"]["gen_tokens_per_s"]})
+        row = {"label": label, "bytes": s["model_bytes"], "MLS": s["MLS"], "AS": s["AS"], "CQS": s["CQS"],
+               "ES": s["ES"], "overall": s["overall"], "export_s": t_export, "eval_s": round(time.monotonic() - t0, 1),
+               "gen_tokens_per_s": s["meta"]["gen_tokens_per_s"], "AS_llamacpp": None, "llamacpp_tokens_per_s": None}
+        if label.startswith("gguf") and llamacpp.available():
+            lc = evaluate(ecfg.model_copy(update={"backend": "llamacpp"}), eval_file, out.parent / "eval-llamacpp",
+                          model=model, label=f"{label} (llama.cpp)")
+            row.update(AS_llamacpp=lc["AS"], llamacpp_tokens_per_s=lc["meta"]["gen_tokens_per_s"])
+        rows.append(row)
 
     score("adapter (base GGUF q4_1 + LoRA)", str(run / "train"), run / "eval" / "student", None)
     for label, opts in FORMATS:
@@ -71,11 +78,14 @@ def main() -> None:
         export(build(ExportConfig, opts), run / "train", out)
         score(label, str(out), out / "eval", round(time.monotonic() - t0, 1))
 
-    print("\n| format | bytes | MB | MLS | AS | CQS (proxy) | ES | Overall | export s | eval s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
+    print("\n| format | bytes | MB | MLS | AS | AS on llama.cpp | CQS (proxy) | ES | Overall | export s | eval s | "
+          "tokens/s transformers | tokens/s llama.cpp |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['bytes']:,} | {r['bytes'] / 1e6:.1f} | {r['MLS']:.1f} | {r['AS']:.1f} | {r['CQS']:.1f} | "
-              f"{r['ES']:.1f} | {r['overall']:.1f} | {r['export_s'] if r['export_s'] is not None else '-'} | {r['eval_s']} |")
+        print(f"| {r['label']} | {r['bytes']:,} | {r['bytes'] / 1e6:.1f} | {r['MLS']:.1f} | {r['AS']:.1f} | {fmt(r['AS_llamacpp'])} | "
+              f"{r['CQS']:.1f} | {r['ES']:.1f} | {r['overall']:.1f} | {r['export_s'] if r['export_s'] is not None else '-'} | "
+              f"{r['eval_s']} | {fmt(r['gen_tokens_per_s'])} | {fmt(r['llamacpp_tokens_per_s'])} |")
     print("\nexport table as the run report shows it:\n" + "\n".join(export_table(run)))
     if a.json:
         a.json.write_text(json.dumps(rows, indent=2))

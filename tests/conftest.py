@@ -63,6 +63,21 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+@pytest.fixture
+def eot_model(tiny_model, tmp_path):
+    """The tiny model as a base checkpoint: EOS is <|endoftext|>, while its ChatML turns end with <|im_end|>."""
+    import shutil
+
+    d = tmp_path / "eot"
+    shutil.copytree(tiny_model, d)
+    for name, key in (("tokenizer_config.json", "eos_token"), ("config.json", "eos_token_id"),
+                      ("generation_config.json", "eos_token_id")):
+        j = json.loads((d / name).read_text())
+        j[key] = "<|endoftext|>" if key == "eos_token" else 0
+        (d / name).write_text(json.dumps(j))
+    return d
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _one_torch_thread():
     """The tests' models are tiny: on one torch thread they run 1.4-2x faster than on two here (two threads

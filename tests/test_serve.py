@@ -115,6 +115,22 @@ def test_chat_matches_uncached_greedy_and_counts_usage(server, tiny):
     assert (r.usage.prompt_tokens, r.usage.completion_tokens, r.usage.total_tokens) == (prompt_len, 9, prompt_len + 9)
 
 
+def test_end_of_turn_ends_a_completion_when_it_is_not_the_eos(eot_model):
+    """A base checkpoint (EOS <|endoftext|>) still stops at its chat template's <|im_end|>."""
+    from conftest import scripted_model
+
+    _, tok = load(resolve(str(eot_model)))
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    assert tok.eos_token_id != im_end
+    m = scripted_model(eot_model)
+    line = tok("1 + 1 = 2", add_special_tokens=False)["input_ids"]
+    m.default = line + [im_end] + tok(" 7 + 7 = 14", add_special_tokens=False)["input_ids"] * 5
+    with running((m, tok)) as s:
+        r = client(s).chat.completions.create(model="tiny", messages=chat_msgs(), max_tokens=40)
+    assert (r.choices[0].message.content, r.choices[0].finish_reason) == ("1 + 1 = 2", "stop")
+    assert r.usage.completion_tokens == len(line) + 1
+
+
 def test_max_completion_tokens_is_honoured(server):
     r = client(server).chat.completions.create(model="tiny", messages=chat_msgs(), max_completion_tokens=4, temperature=0,
                                                extra_body={"ignore_eos": True})

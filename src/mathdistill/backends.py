@@ -6,6 +6,7 @@
 - ``openai``: any OpenAI-compatible endpoint through :mod:`mathdistill.client` (retries, cache); greedy
   (temperature 0); tokens from the response's ``usage``.
 - ``vllm``: imported only when asked for (GPU); the same answer-complete truncation as ``transformers``.
+- ``llamacpp``: llama.cpp on a GGUF file (:mod:`mathdistill.llamacpp`, imported only when asked for).
 
 Nothing here raises on a bad problem: a prompt longer than the model's context (``prompt_too_long``), a failed
 call (``error``) or a model that never stops (``length``) is a :class:`Generation` that scores as a miss.
@@ -25,7 +26,7 @@ from pydantic import Field
 from .calculator import CalcState, Calculator
 from .config import StageConfig
 from .errors import UserError
-from .models import DEFAULT_STUDENT, ModelSpec, load, load_path, load_tokenizer, model_bytes, resolve
+from .models import DEFAULT_STUDENT, ModelSpec, end_of_turn_ids, load, load_path, load_tokenizer, model_bytes, resolve
 from .progress import bar, info
 from .prompts import instruction_for, messages
 from .records import Problem
@@ -34,7 +35,8 @@ class GenerationConfig(StageConfig):
     """How a backend generates (greedy): which backend, the token budget and batching, and the endpoint settings
     of ``openai``. :class:`mathdistill.evaluate.EvalConfig` extends it with what is scored and how."""
 
-    backend: Literal["transformers", "openai", "vllm"] = Field("transformers", description="generation backend")
+    backend: Literal["transformers", "openai", "vllm", "llamacpp"] = Field("transformers", description="generation backend "
+                                                                           "(llamacpp: llama.cpp on a GGUF file)")
     max_new_tokens: int = Field(256, ge=1, description="completion token limit; a chain that hits it is a miss")
     batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it)")
     stop_at_answer: bool = Field(True, description="stop a sequence once its final answer is complete")
@@ -82,8 +84,11 @@ def render_prompt(tok, p: Problem) -> str:
 
 
 def eos_ids_of(model, tok) -> set[int]:
+    """Ids that end a completion: the tokenizer's and the generation config's EOS, and the chat template's
+    end-of-turn token when it is not the EOS (a base checkpoint whose EOS is ``<|endoftext|>`` still stops at
+    ``<|im_end|>``)."""
     eos = tok.eos_token_id
-    ids = set(eos if isinstance(eos, list) else [eos]) - {None}
+    ids = (set(eos if isinstance(eos, list) else [eos]) - {None}) | end_of_turn_ids(tok)
     gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     if gen_eos is not None:
         ids |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos])
@@ -418,7 +423,14 @@ def _vllm(cfg: GenerationConfig, model: str | None, adapter: str | None, workdir
     return VLLMBackend(cfg, resolve(model or DEFAULT_STUDENT, adapter))
 
 
-BACKENDS: dict[str, BackendFactory] = {"transformers": _transformers, "openai": _openai, "vllm": _vllm}
+def _llamacpp(cfg: GenerationConfig, model: str | None, adapter: str | None, workdir: Path) -> Backend:
+    from .llamacpp import LlamaCppBackend  # only when asked for (llama-cpp-python is an extra)
+
+    return LlamaCppBackend.from_config(cfg, resolve(model or DEFAULT_STUDENT, adapter))
+
+
+BACKENDS: dict[str, BackendFactory] = {"transformers": _transformers, "openai": _openai, "vllm": _vllm,
+                                       "llamacpp": _llamacpp}
 """Each ``--backend`` name and how to build it from (config, ``--model``, ``--adapter``, the eval's output folder,
 for caches). A new backend: a :class:`Backend` subclass, a factory here, and its name in ``GenerationConfig.backend``."""
 

@@ -10,7 +10,10 @@ Formats (``mathdistill export RUN_DIR --format FORMAT --out DIR``):
 - ``int4``: torchao's int4 weight-only formats need CUDA kernels; on a CPU-only machine the export stops with a
   pointer to ``--format gguf --gguf-type q4_0``, a 4-bit file that runs on CPU.
 - ``gguf``: one GGUF file (``f16``, ``q8_0`` or ``q4_0``) written with the ``gguf`` package in llama.cpp's
-  layout (llama/mistral/qwen2 architectures), loadable by llama.cpp and by transformers (``gguf_file=``).
+  layout (llama/mistral/qwen2 architectures) with the tokenizer as llama.cpp's converter writes it
+  (:mod:`mathdistill.gguf_export`), loadable by llama.cpp and by transformers (``gguf_file=``). With
+  llama-cpp-python installed, llama.cpp must tokenize check texts exactly as the student's tokenizer, or the
+  file is not written.
 
 Every export records its bytes on disk and MLS in ``DIR/export_summary.json`` and in the train folder's
 ``exports.json`` (the run report's export table). No pickles: weights are safetensors or GGUF only.
@@ -18,7 +21,6 @@ Every export records its bytes on disk and MLS in ``DIR/export_summary.json`` an
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -29,14 +31,16 @@ from typing import Any, Literal
 from pydantic import Field
 
 from .config import StageConfig
+from .backends import eos_ids_of
 from .errors import UserError
+from .gguf_export import CHECK_TEXTS, CHKTXT, write_gguf
 from .io import package_versions, read_json, write_json
 from .models import load, model_bytes, resolve
+from .plots import train_dir_of
 from .progress import info
 from .scores import ScoreConfig, mls_score
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}
 
 
 class ExportConfig(StageConfig):
@@ -61,6 +65,9 @@ def _save_merged(model, tok, out: Path, dtype: str) -> None:
 
     model = model.to({"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype])
     model.config.dtype = dtype
+    stop = sorted(eos_ids_of(model, tok))  # transformers and vLLM stop at the end of the turn too
+    if stop and getattr(model, "generation_config", None) is not None:
+        model.generation_config.eos_token_id = stop[0] if len(stop) == 1 else stop
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
 
@@ -97,107 +104,17 @@ def _save_torchao(model, tok, out: Path, cfg: ExportConfig, bits: int) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- GGUF
-def _rope_theta(c) -> float:
-    theta = getattr(c, "rope_theta", None)
-    if theta is None:
-        theta = (getattr(c, "rope_parameters", None) or {}).get("rope_theta", 10000.0)
-    return float(theta)
+def check_gguf_tokenizer(path: Path, tok) -> None:
+    """With llama-cpp-python installed: llama.cpp must split :data:`CHECK_TEXTS` and :data:`CHKTXT` into the
+    HF tokenizer's ids, else :class:`UserError` (the caller removes the file). Without it: nothing to run."""
+    from . import llamacpp
 
-
-def _permute_qk(w, n_head: int):
-    """llama.cpp stores q/k rows in its rotary layout (interleaved halves); transformers undoes this on load."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
-
-
-def _tokenizer_fields(tok) -> dict[str, Any]:
-    """BPE vocabulary, merges, token types and special ids as llama.cpp's "gpt2" tokenizer model stores them."""
-    import gguf
-
-    model = json.loads(tok.backend_tokenizer.to_str())["model"]
-    if model.get("type") != "BPE":
-        raise UserError(f"export gguf: only byte-level BPE tokenizers are written here, this one is {model.get('type')}; "
-                        "use llama.cpp's convert_hf_to_gguf.py on a --format merged export")
-    n = len(tok)
-    tokens = tok.convert_ids_to_tokens(list(range(n)))
-    special = set(tok.all_special_ids)
-    added = {i for i in tok.added_tokens_decoder}
-    types = [gguf.TokenType.CONTROL if i in special else gguf.TokenType.USER_DEFINED if i in added
-             else gguf.TokenType.NORMAL for i in range(n)]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in model.get("merges", [])]
-    return {"tokens": tokens, "types": types, "merges": merges}
-
-
-def write_gguf(model, tok, path: Path, gguf_type: str) -> None:
-    """Write a llama-family causal LM and its tokenizer to one GGUF file (llama.cpp's tensor names and layout)."""
-    import gguf
-    import numpy as np
-
-    c = model.config
-    arch = GGUF_ARCH.get(c.model_type)
-    if arch is None:
-        raise UserError(f"export gguf: architecture {c.model_type!r} is not written here (llama, mistral, qwen2 are); "
-                        "use llama.cpp's convert_hf_to_gguf.py on a --format merged export")
-    qt = {"f16": gguf.GGMLQuantizationType.F16, "q8_0": gguf.GGMLQuantizationType.Q8_0,
-          "q4_0": gguf.GGMLQuantizationType.Q4_0}[gguf_type]
-    ftype = {"f16": gguf.LlamaFileType.MOSTLY_F16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-             "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0}[gguf_type]
-    n_head, n_kv = c.num_attention_heads, getattr(c, "num_key_value_heads", None) or c.num_attention_heads
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // n_head
-    toks = _tokenizer_fields(tok)
-    w = gguf.GGUFWriter(str(path), arch)
-    w.add_name(Path(str(getattr(c, "_name_or_path", "") or "student")).name or "student")
-    w.add_context_length(c.max_position_embeddings)
-    w.add_embedding_length(c.hidden_size)
-    w.add_block_count(c.num_hidden_layers)
-    w.add_feed_forward_length(c.intermediate_size)
-    w.add_head_count(n_head)
-    w.add_head_count_kv(n_kv)
-    w.add_rope_freq_base(_rope_theta(c))
-    w.add_layer_norm_rms_eps(c.rms_norm_eps)
-    w.add_rope_dimension_count(head_dim)
-    w.add_vocab_size(len(toks["tokens"]))
-    w.add_file_type(ftype)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("default")
-    w.add_token_list(toks["tokens"])
-    w.add_token_types(toks["types"])
-    w.add_token_merges(toks["merges"])
-    for key, tid in (("bos", tok.bos_token_id), ("eos", tok.eos_token_id), ("unk", tok.unk_token_id), ("pad", tok.pad_token_id)):
-        if tid is not None:
-            getattr(w, f"add_{key}_token_id")(tid)
-    w.add_add_bos_token(False)
-    if getattr(tok, "chat_template", None):
-        w.add_chat_template(tok.chat_template)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-
-    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], c.num_hidden_layers)
-    tied = bool(getattr(c, "tie_word_embeddings", False))
-    for name, t in model.state_dict().items():
-        if tied and name == "lm_head.weight":
-            continue
-        new = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if new is None:
-            raise UserError(f"export gguf: no GGUF name for tensor {name!r}")
-        data = t.detach().float().cpu().numpy()
-        if arch == "llama" and name.endswith(("q_proj.weight", "q_proj.bias")):
-            data = _permute_qk(data, n_head)
-        elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
-            data = _permute_qk(data, n_kv)
-        if data.ndim == 1:
-            w.add_tensor(new, data.astype(np.float32))
-            continue
-        ttype = qt
-        if qt != gguf.GGMLQuantizationType.F16 and data.shape[-1] % gguf.GGML_QUANT_SIZES[qt][0]:
-            ttype = gguf.GGMLQuantizationType.F16  # rows not a whole number of blocks: keep f16, as llama.cpp does
-        if ttype == gguf.GGMLQuantizationType.F16:
-            w.add_tensor(new, data.astype(np.float16))
-        else:
-            w.add_tensor(new, gguf.quants.quantize(data, ttype), raw_dtype=ttype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    if not llamacpp.available():
+        return
+    bad = llamacpp.tokenizer_mismatches(path, tok, CHECK_TEXTS + [CHKTXT])
+    if bad:
+        raise UserError(f"export gguf: llama.cpp tokenizes {len(bad)} check texts differently from the student's "
+                        f"tokenizer (first: {bad[0][:40]!r}); the GGUF was not written. Use --format merged")
 
 
 # ---------------------------------------------------------------- the stage
@@ -227,7 +144,12 @@ def export(cfg: ExportConfig, run_dir: str | Path, out_dir: str | Path) -> dict[
     else:
         path = out / f"model-{cfg.gguf_type}.gguf"
         tmp = path.with_name(f".{path.name}.tmp")
-        write_gguf(model, tok, tmp, cfg.gguf_type)
+        try:
+            write_gguf(model, tok, tmp, cfg.gguf_type)
+            check_gguf_tokenizer(tmp, tok)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, path)
         label = f"gguf-{cfg.gguf_type}"
     check_no_pickles(out)
@@ -250,17 +172,9 @@ def export(cfg: ExportConfig, run_dir: str | Path, out_dir: str | Path) -> dict[
     return summary
 
 
-def _train_dir(run_dir: Path) -> Path | None:
-    if (run_dir / "student.json").is_file():
-        return run_dir
-    if (run_dir / "train" / "student.json").is_file():
-        return run_dir / "train"
-    return None
-
-
 def _register(run_dir: Path, summary: dict[str, Any]) -> None:
     """Add (or replace, by output folder) this export in the train folder's ``exports.json``."""
-    td = _train_dir(run_dir)
+    td = train_dir_of(run_dir)
     if td is None:
         return
     index = td / "exports.json"
@@ -268,29 +182,3 @@ def _register(run_dir: Path, summary: dict[str, Any]) -> None:
     rows = [r for r in rows if r.get("out") != summary["out"]]
     rows.append({k: summary[k] for k in ("format", "label", "dtype", "gguf_type", "out", "bytes", "MLS", "files")})
     write_json(index, rows)
-
-
-def export_rows(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The run's exports, one dict per export: label, bytes, MLS, and AS/Overall when ``<export>/eval/scores.json``
-    exists (``mathdistill eval --model EXPORT --out EXPORT/eval``)."""
-    td = _train_dir(Path(run_dir))
-    if td is None or not (td / "exports.json").is_file():
-        return []
-    rows = []
-    for r in read_json(td / "exports.json"):
-        s = Path(r["out"]) / "eval" / "scores.json"
-        sc = read_json(s) if s.is_file() else {}
-        rows.append({**r, "AS": sc.get("AS"), "overall": sc.get("overall"), "ES": sc.get("ES"), "CQS": sc.get("CQS")})
-    return rows
-
-
-def export_table(run_dir: str | Path) -> list[str]:
-    """Markdown lines of the export table (format, bytes, MLS, AS, Overall) for the run report; [] without exports."""
-    rows = export_rows(run_dir)
-    if not rows:
-        return []
-    fmt = lambda v: "-" if v is None else f"{v:.1f}"  # noqa: E731
-    lines = ["## Exports", "", "| format | bytes | MB | MLS | AS | Overall |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['label']} | {r['bytes']:,} | {r['bytes'] / 1e6:.1f} | {fmt(r['MLS'])} | {fmt(r['AS'])} | {fmt(r['overall'])} |"
-              for r in sorted(rows, key=lambda r: -r["bytes"])]
-    return lines

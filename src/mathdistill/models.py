@@ -178,6 +178,41 @@ def prepare_tokenizer(tok) -> None:
         tok.chat_template = CHATML_TEMPLATE
 
 
+def end_of_turn_ids(tok) -> set[int]:
+    """Ids of the special token that closes an assistant turn in the tokenizer's chat template (``<|im_end|>``
+    in ChatML, ``<|eot_id|>`` in Llama 3), found by rendering one exchange: the special token right after the
+    assistant's text. Empty when the template closes turns with plain text (or cannot be rendered)."""
+    probe = "MATHDISTILL_TURN_PROBE"
+    try:
+        text = tok.apply_chat_template([{"role": "user", "content": "1 + 1"}, {"role": "assistant", "content": probe}],
+                                       tokenize=False)
+    except Exception:  # noqa: BLE001  (a template that needs other roles or fields: no end-of-turn to add)
+        return set()
+    if probe not in text:
+        return set()
+    ids = tok(text.split(probe, 1)[1], add_special_tokens=False)["input_ids"]
+    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    return {ids[0]} if ids and ids[0] in special else set()
+
+
+def _check_adapter_base(adapter: str, loaded: str, spec_name: str) -> None:
+    """An adapter is refused on a base other than the one it was trained on (PEFT would load it silently when
+    the shapes agree). Same base: the same path, or the same folder name (a converted base's folder is named by
+    its content, so a run moved to another machine or cache still matches)."""
+    cfg = Path(adapter) / "adapter_config.json"
+    try:
+        trained_on = json.loads(cfg.read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError):
+        return
+    if not trained_on:
+        return
+    a, b = Path(str(trained_on)), Path(loaded)
+    if str(trained_on) == loaded or a.name == b.name or (a.exists() and b.exists() and a.resolve() == b.resolve()):
+        return
+    raise UserError(f"adapter {adapter} was trained on {trained_on}, not on {spec_name} ({loaded}); load it onto "
+                    "the base it was trained on (--model that base, or the run folder)")
+
+
 def load(spec: ModelSpec, dtype: str = "float32", trust_remote_code: bool = False, merge: bool = False) -> tuple[Any, Any]:
     """(model, tokenizer) in eval mode; with an adapter, a PEFT model (merged when ``merge``)."""
     import torch
@@ -193,6 +228,7 @@ def load(spec: ModelSpec, dtype: str = "float32", trust_remote_code: bool = Fals
     if spec.adapter:
         from peft import PeftModel
 
+        _check_adapter_base(spec.adapter, path, spec.name)
         model = PeftModel.from_pretrained(model, spec.adapter)
         if merge:
             model = model.merge_and_unload()
