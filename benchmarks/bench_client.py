@@ -8,6 +8,12 @@ package, so both run the same cache, buckets and retries against the same server
 (tests/fake_openai.py ``--delay``), interleaved run by run. A teacher call takes 0.5-5 s: at 0.5 s the
 ideal rate is concurrency / 0.5 requests/s, and what matters is how close each client gets to it; the
 0-latency row is the transport's ceiling on this machine, not a teacher's case.
+
+Measured 2026-11-30 (2 shared cores, under other jobs' load; best of 3 interleaved runs, req/s):
+  latency 0.5 s, concurrency 64 (ideal 128):   old 90 (82, 90, 82)     new 24 (20, 24, 22)   new/old 0.27
+  latency 0.5 s, concurrency 256 (ideal 512):  old 183 (156, 183, 156) new 22 (22, 20, 17)   new/old 0.12
+The httpx client costs throughput here by this measurement; the cause is not found yet (one httpx client per
+worker, tried once at concurrency 64, was no better: 5 vs 47 req/s), so treat the httpx switch as NOT ready.
 """
 
 from __future__ import annotations
