@@ -1,5 +1,6 @@
 """The endpoint client's transport, old vs new: raw httpcore pools (one per worker, the client before issue 17)
-vs one ``httpx.AsyncClient`` with a connection per call in flight (now, client/transport.py), both through ``run_requests`` with its cache, at teacher-like latency.
+vs one ``httpx.AsyncClient`` with a connection per call in flight (now, client/transport.py), both through
+``run_requests`` with its cache, at teacher-like latency.
 
     flock /tmp/mathdistill-heavy.lock python benchmarks/bench_client.py
 
