@@ -1,5 +1,6 @@
 """The endpoint client's transport, old vs new: raw httpcore pools (one per worker, the client before issue 17)
-vs one ``httpx.AsyncClient`` (now), both through ``run_requests`` with its cache, at teacher-like latency.
+vs one ``httpx.AsyncClient`` with a connection per call in flight (now, client/transport.py), both through
+``run_requests`` with its cache, at teacher-like latency.
 
     flock /tmp/mathdistill-heavy.lock python benchmarks/bench_client.py
 
@@ -8,6 +9,17 @@ package, so both run the same cache, buckets and retries against the same server
 (tests/fake_openai.py ``--delay``), interleaved run by run. A teacher call takes 0.5-5 s: at 0.5 s the
 ideal rate is concurrency / 0.5 requests/s, and what matters is how close each client gets to it; the
 0-latency row is the transport's ceiling on this machine, not a teacher's case.
+
+Measured 2026-11-30 (2 shared cores, under other jobs' load; best of 3 interleaved runs, req/s):
+  latency 0.5 s, concurrency 64 (ideal 128):   old 110 (106, 110, 92)   new 94 (94, 90, 81)     new/old 0.85
+  latency 0.5 s, concurrency 256 (ideal 512):  old 235 (235, 235, 199)  new 206 (190, 206, 151)  new/old 0.88
+  latency 0 s, concurrency 64 (ceiling):       old 726 (314, 707, 726)  new 499 (225, 439, 499)  new/old 0.69
+Before client/transport.py (httpx's default pool of ``concurrency`` connections) the same runs gave new/old
+0.27 and 0.12 at 0.5 s (24 vs 90 and 22 vs 183 req/s): httpcore 1.0's shared pool rescans every
+connection per queued request and hands one idle connection to several requests, which then reconnect
+(73-111 connections for 48-64 calls in flight). With a connection per call in flight what is left is
+httpx's own per-request Python cost (Request/Response objects, anyio), visible when the 2 cores are the
+limit: at 0 latency and at 256 in flight, where client and server share the cores.
 """
 
 from __future__ import annotations

@@ -5,9 +5,10 @@
 1. Requests/s at concurrency 64 (goal >= 500 req/s on 2 cores), all measured in this run against the same
    server process (tests/fake_openai.py, no delay):
    - baseline: the openai SDK's AsyncOpenAI (max_retries=0) under a semaphore, no cache: the skeleton's client;
-   - mathdistill: ``run_requests`` as ``generate`` uses it (one httpx.AsyncClient, a cache commit per call);
-   - bare httpx loops (no parsing, no cache) over one shared 64-connection pool (what ``run_requests``
-     does), and over one client per worker (a pool of one each), and httpcore (httpx's transport) alone:
+   - mathdistill: ``run_requests`` as ``generate`` uses it (one httpx.AsyncClient, a connection per call in
+     flight: client/transport.py; a cache commit per call);
+   - bare httpx loops (no parsing, no cache) over one shared 64-connection pool (httpx's default, which
+     ``run_requests`` no longer uses), and over one client per worker (a pool of one each), and httpcore (httpx's transport) alone:
      the transport's ceiling. At teacher latency (0.5-5 s) see benchmarks/bench_client.py.
 2. A fully cached rerun of 10,000 prompts (goal <= 5 s): the ``mathdistill generate`` command in a fresh
    process, with the server stopped (so any call would fail), against the first, uncached run.

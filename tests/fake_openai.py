@@ -162,6 +162,7 @@ class FakeOpenAI:
     tokens_per_s: float | None = None  # with completion_tokens: delay each answer by completion_tokens / this
     port: int = 0  # 0: a free port
     log: list[Call] = field(default_factory=list)
+    connections: int = 0  # TCP connections accepted so far (a keep-alive client reuses them)
 
     def __post_init__(self):
         self._faults = {k: list(v) for k, v in self.faults.items()}
@@ -306,6 +307,7 @@ class _Conn(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.srv.connections += 1
 
     def connection_lost(self, exc) -> None:
         if self.busy:

@@ -206,6 +206,17 @@ def test_rpm_limit(server):
     assert max(sum(1 for x in t if a <= x < a + 0.5) for a in t) <= 10 + 5 + 1  # burst + 0.5 s of refill
 
 
+@pytest.mark.parametrize("concurrency", [1, 8, 48])
+def test_connections_are_kept_alive_one_per_call_in_flight(server, concurrency):
+    """Each call in flight keeps its own keep-alive connection: a run never opens more connections than
+    --concurrency (httpcore's shared pool reconnected under load, which cost 3-8x the throughput)."""
+    srv = server(delay_s=0.2)
+    res = run_requests(config(srv, concurrency=concurrency, timeout_s=60), requests(concurrency * 4))
+    assert all(r.error is None for r in res), [r.error for r in res if r.error][:3]
+    assert len(srv.log) == concurrency * 4
+    assert srv.connections <= concurrency, f"{srv.connections} connections for {concurrency} calls in flight"
+
+
 def test_tpm_limit(server):
     srv = server()
     stats = RunStats()

@@ -9,7 +9,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
@@ -19,7 +18,15 @@ from ..progress import info
 from .config import ChatClientConfig, ChatResult, RunStats, api_key
 from .errors import DETAIL_CHARS, Fail, classify
 from .limits import Bucket, retry_after_s
-from .messages import Redactor, choice_failed, endpoint_url, not_an_answer, parse_message, public_endpoint
+from .messages import (
+    Redactor,
+    choice_failed,
+    endpoint_url,
+    not_an_answer,
+    parse_message,
+    public_endpoint,
+)
+from .transport import http_client
 
 CHARS_PER_TOKEN = 4  # prompt-size estimate for the TPM bucket until the endpoint reports usage
 
@@ -32,33 +39,6 @@ class Job:
     samples: list[int]
     keys: list[str]
     tries: int = 0  # tries already made for these samples (a re-asked part of an n= call)
-
-
-def check_proxy(url: str) -> None:
-    """One clear line for a proxy httpx cannot use here: the ``HTTP(S)_PROXY`` / ``ALL_PROXY`` that applies
-    to ``url`` (unless ``NO_PROXY`` exempts it) must be http(s); SOCKS needs the optional ``socksio``."""
-    from urllib.request import getproxies, proxy_bypass
-
-    parts = urlsplit(url)
-    proxies = getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if proxy and not proxy_bypass(parts.hostname or ""):
-        p = urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        if p.scheme not in ("http", "https"):
-            raise UserError(f"proxy {public_endpoint(urlunsplit(p))} is {p.scheme}; only http(s) proxies are "
-                            f"supported (set NO_PROXY={parts.hostname} to go direct)")
-
-
-def http_client(url: str, concurrency: int, key: str | None) -> httpx.AsyncClient:
-    """One ``httpx.AsyncClient`` for the run: ``concurrency`` keep-alive connections, proxies from the
-    environment (``trust_env``), gzip/deflate decoded by httpx, TLS from certifi or ``SSL_CERT_FILE``. No
-    timeout of its own: each try runs under ``asyncio.timeout(timeout_s)`` (the whole call, not per read)."""
-    check_proxy(url)
-    headers = {"content-type": "application/json", "user-agent": "mathdistill"}
-    if key:
-        headers["authorization"] = f"Bearer {key}"
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.AsyncClient(headers=headers, limits=limits, timeout=None, trust_env=True)
 
 
 class Engine:
@@ -313,7 +293,7 @@ class Engine:
     async def run(self, jobs: list[Job]) -> None:
         self.jobs.extend(jobs)
         workers = min(self.cfg.concurrency, len(jobs))
-        self.http = http_client(self.url, workers, self.key)
+        self.http = http_client(self.url, self.key)
 
         async def worker() -> None:
             while self.jobs:
