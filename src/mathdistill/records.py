@@ -97,8 +97,16 @@ def _clean(v: Any) -> str | None:
 def read_problems(path: str | Path, fields: FieldMap | None = None, tally: Tally | None = None) -> list[Problem]:
     """Problems from any supported file. Bad rows are counted in ``tally`` with file:line, others kept.
 
-    Raises :class:`UserError` when not a single row has the question field (the mapping is wrong).
+    ``path`` may also name a shipped benchmark (``gsm8k``, ``math500[:100]``, ``gsm8k@200``; see
+    :mod:`benchmarks`), whose records ignore ``fields``.
+
+    Raises :class:`UserError` when not a single row has the question field (the mapping is wrong), or a
+    benchmark's shipped file is missing or edited.
     """
+    from . import benchmarks
+
+    if benchmarks.is_benchmark(path):
+        return [Problem(**r) for r in benchmarks.load(path)]
     fields = fields or FieldMap()
     tally = tally if tally is not None else Tally()
     out: list[Problem] = []
