@@ -333,13 +333,34 @@ def ablate_cmd(grid: Path = typer.Argument(..., help="grid YAML: base config, fi
                ray: Optional[str] = typer.Option(None, "--ray", help=h(GridSpec, "ray")),
                retry_failed: Optional[bool] = typer.Option(None, "--retry-failed/--no-retry-failed", help=h(GridSpec, "retry_failed")),
                sets: Optional[list[str]] = typer.Option(None, "--set", help="override a base config key for every cell: --set train.epochs=1"),
-               cache: Optional[Path] = CacheOpt):
+               cache: Optional[Path] = CacheOpt,
+               plan: bool = typer.Option(False, "--plan", help="print the power plan (minimum detectable Overall difference at "
+                                         "the eval size, eval size for --detect, wall time) from a pilot; never trains"),
+               detect: Optional[float] = typer.Option(None, "--detect", help="with --plan: the Overall difference (points) "
+                                                      "the grid should resolve, e.g. 2.0"),
+               pilot: Optional[Path] = typer.Option(None, "--pilot", help="with --plan: a previous eval folder, predictions.jsonl "
+                                                    "or grid folder instead of a fresh pilot eval of the base model"),
+               pilot_n: int = typer.Option(32, "--pilot-n", min=2, help="with --plan: problems in the fresh pilot eval"),
+               rho: float = typer.Option(0.5, "--rho", min=-1.0, max=1.0, help="with --plan and a one-model pilot: assumed "
+                                         "correlation of two cells' per-problem Overall")):
     """A grid of runs over any config field, every stage cached by the hash of its inputs; writes a
-    leaderboard (md, csv, html) with intervals, paired differences to the baseline and each field's effect."""
+    leaderboard (md, csv, html) with intervals, paired differences to the baseline and each field's effect.
+    --plan: how large a difference the grid can resolve, and what resolving --detect points would take."""
     from .ablate import ablate, load_grid
 
     check_readable(grid, "grid file")
+    if (detect is not None or pilot is not None) and not plan:
+        raise UserError("--detect and --pilot go with --plan (which plans the grid and runs nothing)")
     spec = load_grid(grid, sets, {"jobs": jobs, "threads": threads, "ray": ray, "retry_failed": retry_failed})
+    if plan:
+        from .ablate_plan import plan_grid
+
+        if pilot is not None and not pilot.exists():
+            raise UserError(f"--pilot not found: {pilot}")
+        if detect is not None and detect <= 0:
+            raise UserError(f"--detect must be above 0 Overall points, got {detect}")
+        plan_grid(spec, out, cache_dir=cache, source=str(grid), pilot=pilot, detect=detect, pilot_n=pilot_n, rho=rho)
+        return
     ablate(spec, out, cache_dir=cache, source=str(grid))
 
 

@@ -47,6 +47,9 @@ class CellResult:
     model_bytes: int = 0
     score: ScoreConfig = field(default_factory=ScoreConfig)
     cqs_kind: str = "proxy"
+    seed_predictions: list[list[dict[str, Any]]] | None = None  # every training seed's rows (a cell with seeds)
+    seeds: list[int | None] | None = None
+    seed_failures: list[str] | None = None
 
 
 @dataclass
@@ -120,19 +123,32 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
     cols = {c.name: score_columns(c.predictions or []) for c in ok}
     draws: dict[str, np.ndarray] = {}
     points: dict[str, float] = {}
+    seeded = {c.name: _seeded(c, idx, seed) for c in ok if c.seed_predictions and len(c.seed_predictions) > 1}
     for c in ok:
         same = [p["problem_id"] for p in c.predictions or []] == ids
-        ivs = score_intervals(cols[c.name], c.model_bytes, c.score, idx, confidence)
-        diff = (score_diff_intervals(cols[c.name], c.model_bytes, cols[base.name], base.model_bytes, c.score, idx, confidence)
-                if same else None)
-        if same:
-            draws[c.name] = score_samples(cols[c.name], c.model_bytes, c.score, idx)["overall"]
-            points[c.name] = ivs["overall"].point
+        if c.name in seeded or base.name in seeded:  # intervals over seeds and problems (hierarchical bootstrap)
+            from .stats import interval
+
+            pc, dc = seeded.get(c.name) or _unseeded(c, cols[c.name], idx)
+            pb, db = seeded.get(base.name) or _unseeded(base, cols[base.name], idx)
+            ivs = {k: interval(pc[k], dc[k], confidence) for k in SCORE_FIELDS}
+            diff = {k: interval(pc[k] - pb[k], dc[k] - db[k], confidence) for k in SCORE_FIELDS} if same else None
+            if same:
+                draws[c.name], points[c.name] = dc["overall"], pc["overall"]
+        else:
+            ivs = score_intervals(cols[c.name], c.model_bytes, c.score, idx, confidence)
+            diff = (score_diff_intervals(cols[c.name], c.model_bytes, cols[base.name], base.model_bytes, c.score, idx, confidence)
+                    if same else None)
+            if same:
+                draws[c.name] = score_samples(cols[c.name], c.model_bytes, c.score, idx)["overall"]
+                points[c.name] = ivs["overall"].point
         out["rows"].append({
             "name": c.name, "values": {k: value_label(c.values.get(k)) for k in varied},
             "scores": {k: ivs[k].as_dict() for k in SCORE_FIELDS},
             "diff": {k: diff[k].as_dict() for k in SCORE_FIELDS} if diff else None,
             "diff_significant": bool(diff and diff["overall"].excludes_zero()),
+            **(_power(diff["overall"], confidence) if diff else {}),
+            "seeds": c.seeds if c.name in seeded else None, "seed_failures": c.seed_failures or None,
             "mean_tokens": float(cols[c.name]["tokens"].mean()), "model_bytes": c.model_bytes, "n": len(c.predictions or []),
             "cqs_kind": c.cqs_kind, "same_problems": same,
         })
@@ -146,7 +162,7 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
         ivs = score_intervals(bc, b.model_bytes, b.score, idx, confidence)
         dif = score_diff_intervals(bc, b.model_bytes, cols[base.name], base.model_bytes, b.score, idx, confidence)
         out["base_models"].append({"name": b.label, "scores": {k: ivs[k].as_dict() for k in SCORE_FIELDS},
-                                   "diff": {k: dif[k].as_dict() for k in SCORE_FIELDS},
+                                   "diff": {k: dif[k].as_dict() for k in SCORE_FIELDS}, **_power(dif["overall"], confidence),
                                    "mean_tokens": float(bc["tokens"].mean()), "model_bytes": b.model_bytes})
     out["effects"] = _effects([c for c in ok if c.name in draws], base, varied, draws, points, confidence)
     return out
@@ -175,7 +191,39 @@ def _effect_row(fieldname: str, value: str, ref: str, pairs: list[tuple[str, str
         return None
     iv = interval(pt, dr, confidence)
     return {"field": fieldname, "value": value, "vs": ref, "effect": iv.as_dict(), "significant": iv.excludes_zero(),
-            "basis": kind}
+            "basis": kind, **_power(iv, confidence)}
+
+
+def _power(iv: Any, confidence: float) -> dict[str, Any]:
+    """The minimum detectable effect implied by a difference's interval (80 % power) and what it resolves."""
+    from .power import mde_from_interval, resolvable
+
+    return {"mde": round(mde_from_interval(iv.lo, iv.hi, confidence), 4), "resolution": resolvable(iv.lo, iv.hi)}
+
+
+def _unseeded(c: CellResult, cols: dict[str, np.ndarray], idx: np.ndarray) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    from .stats import score_samples
+
+    return ({k: float(v[0]) for k, v in score_samples(cols, c.model_bytes, c.score).items()},
+            score_samples(cols, c.model_bytes, c.score, idx))
+
+
+def _seeded(c: CellResult, idx: np.ndarray, seed: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """A cell's scores over its seeds: points = the mean over seeds; draws resample seeds, then problems (the
+    problem resamples ``idx`` are shared with every other cell, so differences stay paired over problems)."""
+    import zlib
+
+    import numpy as np
+
+    from .power import hierarchical_draws
+    from .stats import score_columns, score_samples
+
+    per = [score_columns(rows) for rows in c.seed_predictions or []]
+    pts = [score_samples(cols, c.model_bytes, c.score) for cols in per]
+    drs = [score_samples(cols, c.model_bytes, c.score, idx) for cols in per]
+    cell_seed = zlib.crc32(c.name.encode()) ^ seed  # each cell resamples its seeds independently
+    return ({k: float(np.mean([p[k][0] for p in pts])) for k in SCORE_FIELDS},
+            {k: hierarchical_draws([d[k] for d in drs], idx.shape[0], cell_seed) for k in SCORE_FIELDS})
 
 
 def _effects(ok: list[CellResult], base: CellResult, varied: list[str], draws: dict[str, np.ndarray],
@@ -293,8 +341,18 @@ def _header(board: dict[str, Any], title: str) -> list[str]:
         lines[-1] += (f"All cells are scored on the same {board.get('n', 0)} eval problems. Intervals: "
                       f"{int(board['confidence'] * 100)}% percentile bootstrap over problems ({board['samples']} resamples, "
                       f"seed {board['seed']}), paired for differences; `*` marks a difference whose interval excludes 0. "
+                      f"MDE: the smallest difference this eval resolves with 80% power (from the difference's interval: "
+                      f"half-width x (z_a/2 + z_0.8) / z_a/2); a difference whose interval includes 0 is *not resolvable at "
+                      f"this size*, which is not evidence of no effect. "
                       f"CQS is the {'offline proxy (not an LLM judge)' if kind == 'proxy' else kind}. "
                       f"Baseline cell: **{board['baseline']}**.")
+        seeded = [r for r in board["rows"] if r.get("seeds")]
+        if seeded:
+            lines += ["", f"Cells with several training seeds ({', '.join(r['name'] for r in seeded)}): their scores are "
+                      "the mean over seeds and their intervals resample seeds, then problems (hierarchical bootstrap)."]
+            for r in seeded:
+                if r.get("seed_failures"):
+                    lines += [f"Cell {r['name']}: scored on seeds {r['seeds']}; failed: {'; '.join(r['seed_failures'])}."]
         if board.get("baseline_note"):
             lines += ["", f"Note: {board['baseline_note']}."]
     return lines
@@ -306,7 +364,7 @@ def to_markdown(board: dict[str, Any], title: str, images: dict[str, str] | None
     varied = board["varied"]
     lines = _header(board, title)
     if board["rows"]:
-        head = ["#", "cell", *varied, "AS", "CQS", "ES", "MLS", "Overall", "Δ Overall vs baseline", "tokens", "MB"]
+        head = ["#", "cell", *varied, "AS", "CQS", "ES", "MLS", "Overall", "Δ Overall vs baseline", "MDE", "tokens", "MB"]
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in board["rows"]:
             s = r["scores"]
@@ -315,20 +373,22 @@ def to_markdown(board: dict[str, Any], title: str, images: dict[str, str] | None
                     (_ci(Interval(**d["overall"]), sign=True) + (" *" if r["diff_significant"] else "")) if d else "n/a (other problems)")
             cells = [str(r["rank"]), r["name"], *[r["values"][k] for k in varied],
                      *[_ci(Interval(**s[k])) for k in ("AS", "CQS", "ES", "MLS")], f"**{_ci(Interval(**s['overall']))}**",
-                     dtxt, f"{r['mean_tokens']:.0f}", f"{r['model_bytes'] / 1e6:.1f}"]
+                     dtxt, _mde(r) if d and r["name"] != board["baseline"] else "", f"{r['mean_tokens']:.0f}",
+                     f"{r['model_bytes'] / 1e6:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
         for b in board.get("base_models", []):
             s = b["scores"]
             cells = ["", f"{b['name']} (untrained base, reference)", *["" for _ in varied],
                      *[_ci(Interval(**s[k])) for k in ("AS", "CQS", "ES", "MLS")], _ci(Interval(**s["overall"])),
-                     _ci(Interval(**b["diff"]["overall"]), sign=True), f"{b['mean_tokens']:.0f}", f"{b['model_bytes'] / 1e6:.1f}"]
+                     _ci(Interval(**b["diff"]["overall"]), sign=True), _mde(b), f"{b['mean_tokens']:.0f}",
+                     f"{b['model_bytes'] / 1e6:.1f}"]
             lines.append("| " + " | ".join(cells) + " |")
     if board["effects"]:
         lines += ["", "## Effect of each varied field (averaged over the others)", "",
-                  "| field | value | against | effect on Overall | basis |", "|---|---|---|---|---|"]
+                  "| field | value | against | effect on Overall | MDE | basis |", "|---|---|---|---|---|---|"]
         for e in board["effects"]:
             lines.append(f"| {e['field']} | {e['value']} | {e['vs']} | {_ci(Interval(**e['effect']), sign=True)}"
-                         f"{' *' if e['significant'] else ''} | {e['basis']} |")
+                         f"{' *' if e['significant'] else ''} | {_mde(e)} | {e['basis']} |")
     if board["failed"]:
         lines += ["", "## Failed cells", "", "| cell | reason |", "|---|---|"]
         for f in board["failed"]:
@@ -338,6 +398,13 @@ def to_markdown(board: dict[str, Any], title: str, images: dict[str, str] | None
     return "\n".join(lines) + "\n"
 
 
+def _mde(r: dict[str, Any]) -> str:
+    """``6.9 (not resolvable at this size)`` or ``6.9``: a difference's MDE and, when its interval includes 0, why."""
+    if r.get("mde") is None:
+        return ""
+    return f"{r['mde']:.1f}" + (f" ({r['resolution']})" if r.get("resolution") != "resolved" else "")
+
+
 def csv_rows(board: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     varied = board["varied"]
     cols = ["rank", "cell", "status", "reason", *varied]
@@ -345,7 +412,7 @@ def csv_rows(board: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         cols += [k, f"{k}_lo", f"{k}_hi"]
     for k in SCORE_FIELDS:
         cols += [f"d_{k}", f"d_{k}_lo", f"d_{k}_hi"]
-    cols += ["mean_tokens", "model_bytes", "n"]
+    cols += ["d_overall_mde", "resolution", "mean_tokens", "model_bytes", "n"]
     rows = []
     for r in board["rows"]:
         row: dict[str, Any] = {"rank": r["rank"], "cell": r["name"], "status": "ok", "reason": "", **r["values"]}
@@ -355,7 +422,8 @@ def csv_rows(board: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             if r["diff"]:
                 d = r["diff"][k]
                 row.update({f"d_{k}": d["point"], f"d_{k}_lo": d["lo"], f"d_{k}_hi": d["hi"]})
-        row.update({"mean_tokens": round(r["mean_tokens"], 3), "model_bytes": r["model_bytes"], "n": r["n"]})
+        row.update({"d_overall_mde": r.get("mde", ""), "resolution": r.get("resolution", ""),
+                    "mean_tokens": round(r["mean_tokens"], 3), "model_bytes": r["model_bytes"], "n": r["n"]})
         rows.append(row)
     for f in board["failed"]:
         rows.append({"cell": f["name"], "status": "failed", "reason": f["reason"], **f["values"]})
