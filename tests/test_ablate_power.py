@@ -262,3 +262,32 @@ def test_a_grid_with_seeds_runs_every_seed_and_scores_cells_over_them(tiny_model
     assert all(r["seeds"] == [0, 1] for r in board["rows"])
     md = (tmp_path / "g" / "leaderboard.md").read_text()
     assert "hierarchical bootstrap" in md and "MDE" in md
+    # the finished grid as the pilot of a plan: sigma_d observed between its cells, rates recorded by it
+    from mathdistill.ablate_plan import plan_grid
+
+    before = count(tmp_path / "g" / "cache")
+    res = plan_grid(spec, tmp_path / "g", pilot=tmp_path / "g", detect=1.0, pilot_n=0)
+    pil, est = res["pilot"], res["estimate"]
+    assert pil["kind"] == "grid" and pil["sd_d_basis"].startswith("observed")
+    assert pil["train_s"] > 0 and pil["eval_s_per_problem"] > 0
+    assert est["seeds"] == 2 and est["time_at_n_eval"]["trainings"] == 4 and est["time_at_n_eval"]["total_s"] > 0
+    assert count(tmp_path / "g" / "cache") == before  # planning ran no stage
+
+
+def test_plan_from_a_committed_leaderboard_reads_sigma_from_its_intervals(tmp_path, capsys):
+    """--pilot a previous grid's leaderboard (the committed seed grid): sigma_d from its paired intervals."""
+    import csv
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    lb = root / "examples" / "seed_ablation" / "leaderboard.csv"
+    rows = [r for r in csv.DictReader(lb.open()) if r["status"] == "ok" and r["d_overall_lo"]]
+    implied = sorted((float(r["d_overall_hi"]) - float(r["d_overall_lo"])) / (2 * 1.959964) * math.sqrt(48) for r in rows
+                     if float(r["d_overall_hi"]) > float(r["d_overall_lo"]))
+    code = _cli(["ablate", root / "examples" / "seed_ablation.yaml", "--plan", "--pilot", lb.parent, "--pilot-n", "0",
+                 "--detect", "2", "--out", tmp_path / "o"])
+    assert code == 0, capsys.readouterr().err
+    est = json.loads((tmp_path / "o" / "plan" / "plan.json").read_text())["estimate"]
+    assert est["sd_d"] == pytest.approx(float(np.median(implied)), abs=1e-3)
+    assert est["n_eval"] == 48 and est["n_needed"] == power.n_for(est["sd_d"], 2.0)
+    assert not (tmp_path / "o" / "cells").exists()

@@ -11,8 +11,10 @@ differences (:mod:`power`), and prints:
   previous grid; a plan never trains, so without a record the training time is reported as unknown).
 
 Where ``sigma_d`` comes from: a previous grid folder gives it *observed* (the median over cells of the spread of
-per-problem differences to the baseline cell); a single model's outputs give it from an *assumed* correlation
-``rho`` between two models' per-problem values (``--rho``, default :data:`RHO`).
+per-problem differences to the baseline cell); a previous grid's ``leaderboard.csv`` alone gives it from its
+paired intervals (``sigma_d = (hi - lo) / (2 z_{1-a/2}) · sqrt(n)``, median over cells); a single model's
+outputs give it from an *assumed* correlation ``rho`` between two models' per-problem values (``--rho``,
+default :data:`RHO`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from .errors import UserError
 from .io import read_json, read_jsonl, write_json, write_jsonl
 from .progress import info
 
-RHO = 0.5  # assumed correlation of two grid cells' per-problem Overall values (see README: the seed grid's was 0.5-0.7)
+RHO = 0.5  # assumed correlation of two cells' per-problem Overall values when only one model's outputs are known
 PILOT_N = 32
 
 
@@ -93,6 +95,24 @@ def pilot_from_grid(folder: Path, score_cfg) -> dict[str, Any]:
             "eval_basis": f"median of {len(eval_s)} evals recorded in {folder / 'ablate.json'}" if eval_s else None,
             "train_s": statistics.median(train_s) if train_s else None,
             "train_basis": f"median of {len(train_s)} trainings recorded in {folder / 'ablate.json'}" if train_s else None}
+
+
+def pilot_from_leaderboard(csv_path: Path) -> dict[str, Any]:
+    """sigma_d implied by a previous grid's paired Overall intervals (its ``leaderboard.csv``; 95 % intervals)."""
+    import csv
+    import math
+
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("status") == "ok" and r.get("d_overall_lo") not in (None, "")]
+    za = power.z(0.975)
+    sds = [(float(r["d_overall_hi"]) - float(r["d_overall_lo"])) / (2 * za) * math.sqrt(int(r["n"])) for r in rows
+           if float(r["d_overall_hi"]) > float(r["d_overall_lo"])]
+    if not sds:
+        raise UserError(f"--pilot {csv_path}: no paired difference with an interval; give a grid with two scored cells")
+    return {"kind": "leaderboard", "source": str(csv_path), "n": int(rows[0]["n"]), "sd": float("nan"),
+            "sd_d": float(statistics.median(sds)),
+            "sd_d_basis": f"observed: median over {len(sds)} cells of the spread implied by their 95% paired intervals",
+            "rho_observed": None, "eval_s_per_problem": None, "eval_basis": None, "train_s": None, "train_basis": None}
 
 
 def pilot_from_eval(rows: list[dict[str, Any]], scores: dict[str, Any], score_cfg, rho: float, source: str) -> dict[str, Any]:
@@ -169,7 +189,8 @@ def format_plan(est: dict[str, Any], pilot: dict[str, Any]) -> list[str]:
     lvl, pw = int(round((1 - est["alpha"]) * 100)), int(round(est["power"] * 100))
     zs = power.z_sum(est["alpha"], est["power"])
     lines = [f"ablate --plan: {est['cells']} cells x {est['seeds']} seed(s), eval set {est['n_eval']} problems; nothing trained",
-             f"  pilot: {pilot['source']} ({pilot['n']} problems): sd of per-problem Overall {pilot['sd']:.1f} points"
+             f"  pilot: {pilot['source']} ({pilot['n']} problems)"
+             + (f": sd of per-problem Overall {pilot['sd']:.1f} points" if pilot["sd"] == pilot["sd"] else "")
              + (f", observed between-cell correlation {pilot['rho_observed']}" if pilot.get("rho_observed") is not None else ""),
              f"  sigma_d = {est['sd_d']:.2f} points ({pilot['sd_d_basis']})",
              f"  MDE = (z_{{1-a/2}} + z_{{power}}) * sigma_d / sqrt(n) = {zs:.2f} * {est['sd_d']:.2f} / sqrt({est['n_eval']})"
@@ -199,6 +220,8 @@ def plan_grid(spec, out_dir: str | Path | None = None, cache_dir: str | Path | N
     from .run import StageStore
 
     plan = expand(spec, source)
+    if pilot is None and pilot_n < 2:
+        raise UserError("ablate --plan: without --pilot it scores the base model on --pilot-n problems; give 2 or more")
     out = Path(out_dir or Path("runs") / spec.name).resolve()
     (out / "plan").mkdir(parents=True, exist_ok=True)
     store = StageStore(Path(cache_dir).resolve() if cache_dir else out / "cache", retry_failed=spec.retry_failed)
@@ -209,12 +232,18 @@ def plan_grid(spec, out_dir: str | Path | None = None, cache_dir: str | Path | N
         p = Path(pilot)
         if p.is_dir() and (p / "ablate.json").is_file():
             pil = pilot_from_grid(p, score_cfg)
+        elif p.name == "leaderboard.csv" or (p.is_dir() and (p / "leaderboard.csv").is_file()):
+            pil = pilot_from_leaderboard(p if p.is_file() else p / "leaderboard.csv")
         else:
             rows, scores = _eval_folder(p)
             pil = pilot_from_eval(rows, scores, score_cfg, rho, str(p))
     else:
         rows, scores, what = run_pilot_eval(plan, eval_file, out / "plan", pilot_n)
         pil = pilot_from_eval(rows, scores, score_cfg, rho, what)
+    if pil.get("eval_s_per_problem") is None and pilot is not None and pilot_n > 0:  # the rate, measured here
+        rows, scores, what = run_pilot_eval(plan, eval_file, out / "plan", pilot_n)
+        rate = pilot_from_eval(rows, scores, score_cfg, rho, what)
+        pil["eval_s_per_problem"], pil["eval_basis"] = rate["eval_s_per_problem"], rate["eval_basis"]
     if pil.get("train_s") is None:
         pil["train_s"], pil["train_basis"] = recorded_train_seconds(store.root)
     seeds = max(len(c.seeds or [None]) for c in plan.cells)

@@ -340,7 +340,8 @@ def ablate_cmd(grid: Path = typer.Argument(..., help="grid YAML: base config, fi
                                                       "the grid should resolve, e.g. 2.0"),
                pilot: Optional[Path] = typer.Option(None, "--pilot", help="with --plan: a previous eval folder, predictions.jsonl "
                                                     "or grid folder instead of a fresh pilot eval of the base model"),
-               pilot_n: int = typer.Option(32, "--pilot-n", min=2, help="with --plan: problems in the fresh pilot eval"),
+               pilot_n: int = typer.Option(32, "--pilot-n", min=0, help="with --plan: problems in the pilot eval of the base model "
+                                           "(it measures the eval rate when --pilot has none; 0: no pilot eval)"),
                rho: float = typer.Option(0.5, "--rho", min=-1.0, max=1.0, help="with --plan and a one-model pilot: assumed "
                                          "correlation of two cells' per-problem Overall")):
     """A grid of runs over any config field, every stage cached by the hash of its inputs; writes a
