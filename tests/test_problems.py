@@ -260,3 +260,13 @@ def test_eval_cli_accepts_a_benchmark_name(tmp_path, capsys):
     s = json.loads((tmp_path / "ev" / "scores.json").read_text())
     assert s["n"] == 3 and s["AS"] == pytest.approx(200 / 3, abs=1e-3)
     assert set(s["by_family"]) == {"gsm8k"}
+
+
+def test_benchmark_names_key_the_stage_cache_by_content():
+    """problems.eval_file: NAME enters the stage key as the shipped file's sha256 + the slice: another slice (or an
+    updated shipped file) is a new key, the same name the same key."""
+    from mathdistill.run import problems_inputs
+
+    keys = [problems_inputs(ProblemsConfig(eval_file=n))["eval_file"] for n in ("gsm8k[:20]", "gsm8k[:20]", "gsm8k[:30]",
+                                                                               "gsm8k@20", "math500[:20]")]
+    assert keys[0] == keys[1] and len(set(keys)) == 4
