@@ -151,7 +151,7 @@ def test_references_score_as_100_through_the_grader(name, count):
     assert len({p.id for p in probs}) == count
     key = "reference_cot" if name == "gsm8k" else "reference_solution"
     wrong = [p.id for p in probs if p.id not in KNOWN_GRADER_GAPS
-             and not is_correct(p.meta[key] + ("\n#### " + p.answer if name == "gsm8k" else ""), p.answer)]
+             and not is_correct(p.meta[key], p.answer)]
     assert wrong == []
     boxed = [p.id for p in probs if p.id not in KNOWN_GRADER_GAPS
              and not is_correct(f"So the final answer is $\\boxed{{{p.answer}}}$.", p.answer)]
@@ -177,6 +177,8 @@ def test_gsm8k_reference_is_the_number_after_hashes_without_commas():
     probs = {p.id: p for p in read_problems("gsm8k")}
     assert probs["gsm8k-test-0"].answer == "18"
     assert all("," not in p.answer and "####" not in p.answer for p in probs.values())
+    assert probs["gsm8k-test-0"].meta["reference_cot"].endswith("18 every day at the farmer’s market.\n#### 18")
+    assert not any("<<" in p.meta["reference_cot"] for p in probs.values())  # GSM8K's calculator notes dropped
     assert sum(p.answer.startswith("-") for p in probs.values()) == 2  # PROVENANCE: two negative answers
 
 

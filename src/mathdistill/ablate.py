@@ -394,12 +394,14 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
     store = StageStore(Path(cache_dir).resolve() if cache_dir else out / "cache", retry_failed=spec.retry_failed)
     t0 = time.monotonic()
     (out / "grid.yaml").write_text(yaml.safe_dump(
-        {**spec.model_dump(mode="json"), "expanded": [{"name": c.name, "folder": c.folder, "values": c.values}
+        {**spec.model_dump(mode="json"), "expanded": [{"name": c.name, "folder": c.folder, "values": c.values, "seeds": c.seeds}
                                                        for c in plan.cells]}, sort_keys=False, allow_unicode=True),
         encoding="utf-8")
     jobs = spec.jobs
     threads = spec.threads or max(1, _cores() // jobs)
-    _progress.info(f"ablate: {len(plan.cells)} cells over {', '.join(plan.varied) or '(no field)'}; "
+    n_runs = sum(len(c.seeds or [None]) for c in plan.cells)
+    _progress.info(f"ablate: {len(plan.cells)} cells over {', '.join(plan.varied) or '(no field)'}"
+                   + (f" ({n_runs} trainings: cells x seeds)" if n_runs != len(plan.cells) else "") + "; "
                    f"{'ray ' + spec.ray if ray else f'{jobs} job(s) x {threads} thread(s)'}; cache {store.root}")
 
     eval_file = grid_eval_set(plan, store, source)

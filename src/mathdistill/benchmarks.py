@@ -32,9 +32,10 @@ DATA_DIR = Path(__file__).with_name("benchmarks_data")
 
 
 def _gsm8k(i: int, r: dict[str, Any]) -> dict[str, Any]:
-    """A GSM8K row: the reference is the number after ``####`` (thousands commas dropped)."""
+    """A GSM8K row: the reference is the number after ``####`` (thousands commas dropped); the reference chain
+    is the worked solution without its ``<<a*b=c>>`` calculator notes, ending in ``#### N``."""
     ref = r["answer"].rsplit("####", 1)[1].strip().replace(",", "")
-    chain = r["answer"].rsplit("####", 1)[0].strip()
+    chain = re.sub(r"<<[^<>]*>>", "", r["answer"].rsplit("####", 1)[0]).strip() + f"\n#### {ref}"
     return {"id": r.get("id") or f"gsm8k-test-{i}", "question": r["question"], "answer": ref, "lang": "en",
             "source": "gsm8k", "meta": {"reference_cot": chain, "index": i}}
 

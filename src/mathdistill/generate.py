@@ -233,7 +233,12 @@ def noisy_reference_traces(probs: Iterable[Problem], noise: "ReferenceNoise", sa
 
 
 def read_problem_file(path: str | Path, tally: Tally) -> list[Problem]:
-    """Problem JSONL; invalid rows and repeated ids are counted with file:line, the first of an id kept."""
+    """Problem JSONL (or a shipped benchmark name: gsm8k[:200]); invalid rows and repeated ids are counted with
+    file:line, the first of an id kept."""
+    from .benchmarks import is_benchmark, load
+
+    if is_benchmark(path):
+        return [Problem(**r) for r in load(path)]
     probs, seen = [], set()
     for where, rec in iter_raw(path, tally):
         try:
