@@ -66,6 +66,7 @@ def test_train_and_eval_never_share_an_instance(tmp_path):
 def test_counts_per_family_and_determinism(tmp_path):
     s1 = problems(_cfg(seed=2), tmp_path / "a")
     s2 = problems(_cfg(seed=2), tmp_path / "b")
+    assert s2["by_family"] == s1["by_family"]
     assert s1["by_family"] == {"chain_sum": {"train": 30, "eval": 10}, "gsm_symbolic": {"train": 40, "eval": 20},
                                "simple_equations": {"train": 10, "eval": 5}}
     assert (tmp_path / "a" / "train.jsonl").read_bytes() == (tmp_path / "b" / "train.jsonl").read_bytes()
