@@ -207,6 +207,7 @@ def test_plan_cli_prints_the_estimate_and_never_trains(tmp_path, capsys):
     assert plan["cells"] == 2 and plan["seeds"] == 2 and plan["n_eval"] == 30
     assert re.search(r"MDE = .* = \d+\.\d+ Overall points", text) and f"= {plan['n_needed']} eval problems" in text
     assert "train time unknown" in text
+    assert "1.00 s/problem (from pilot: 30s for 30 problems" in text  # every time next to the figures it comes from
     assert not (out / "cache" / "train").exists() and not (out / "cells").exists()
 
 

@@ -202,11 +202,11 @@ def format_plan(est: dict[str, Any], pilot: dict[str, Any]) -> list[str]:
         t = est.get(key)
         if not t:
             continue
-        ev = (f"eval {_fmt_s(t['eval_s'])} = {t['evals']} evals x {t['n']} problems x "
-              f"{pilot['eval_s_per_problem']:.2f} s/problem [{pilot['eval_basis']}]") if t["eval_s"] is not None else \
+        ev = (f"eval {_fmt_s(t['eval_s'])} = {t['evals']} evals (at most: cells x seeds + base) x {t['n']} problems x "
+              f"{pilot['eval_s_per_problem']:.2f} s/problem (from {pilot['eval_basis']})") if t["eval_s"] is not None else \
             "eval time unknown (no measured rate)"
         tr = (f"train {_fmt_s(t['train_s'])} = {t['trainings']} trainings (at most) x {pilot['train_s']:.0f} s "
-              f"[{pilot['train_basis']}]") if t["train_s"] is not None else \
+              f"(from {pilot['train_basis']})") if t["train_s"] is not None else \
             "train time unknown: no training recorded (run the grid small once, or --pilot a previous grid folder)"
         lines.append(f"  wall time {what} ({t['n']} problems): {_fmt_s(t['total_s'])}; {ev}; {tr}")
     return lines
@@ -249,8 +249,10 @@ def plan_grid(spec, out_dir: str | Path | None = None, cache_dir: str | Path | N
     seeds = max(len(c.seeds or [None]) for c in plan.cells)
     est = estimate(pil, n_eval, len(plan.cells), seeds, detect)
     lines = format_plan(est, pil)
+    from rich.markup import escape
+
     for ln in lines:
-        info(ln)
+        info(escape(ln))
     result = {"estimate": est, "pilot": pil, "lines": lines}
     write_json(out / "plan" / "plan.json", result)
     return result
