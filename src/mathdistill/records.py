@@ -73,6 +73,7 @@ class Prediction(Record):
     finish_reason: str = "stop"  # stop | length | error
     grade_rule: str | None = None  # the grader rule that decided `correct` (mathdistill.answers.grade)
     cqs: dict[str, Any] = Field(default_factory=dict)
+    level: int | None = None  # the problem's difficulty level (meta.level: MATH-500's 1-5); None when it has none
 
 
 class FieldMap(BaseModel):
