@@ -84,3 +84,24 @@ def test_step_accuracy_per_family_in_scores_and_report(tmp_path):
     words = md.split("### words", 1)[1].split("##", 1)[0]
     assert "steps ok %" in arith and "| 75.0 |" in arith
     assert "steps ok %" in words and "| n/a |" in words
+
+
+def test_math500_levels_are_families_too():
+    """A benchmark with difficulty levels (MATH-500's meta.level) is scored per level as well as per subject."""
+    from mathdistill.benchmarks import load
+    from mathdistill.evaluate import score_outputs
+    from mathdistill.records import Problem
+
+    probs = [Problem(**r) for r in load("math500@60")]
+    outs = [{"output": f"The answer is \\boxed{{{p.answer}}}." if i % 3 else "no idea", "tokens": 30,
+             "finish_reason": "stop"} for i, p in enumerate(probs)]
+    preds = [p.model_dump() for p in score_outputs(probs, outs)]
+    assert [p["level"] for p in preds] == [p.meta["level"] for p in probs]
+    scores = aggregate(preds, 1e8)
+    for lv in sorted({p.meta["level"] for p in probs}):
+        rows = [r for r in preds if r["level"] == lv]
+        fam = scores["by_family"][f"math500/level {lv}"]
+        assert fam["n"] == len(rows)
+        assert fam["AS"] == pytest.approx(100 * sum(r["correct"] for r in rows) / len(rows), abs=1e-3)
+    subjects = {p.source for p in probs}
+    assert subjects <= set(scores["by_family"]) and sum(scores["by_family"][s]["n"] for s in subjects) == len(probs)

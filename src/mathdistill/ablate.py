@@ -20,6 +20,10 @@ fails is recorded with its reason and the others go on. ``--jobs N`` runs cells 
 (each with ``cores // N`` torch threads); ``--ray ADDRESS`` runs them as Ray tasks, one GPU each when the
 cluster has GPUs (the cache folder must then be on a filesystem every node sees).
 
+``seeds: [0, 1, 2]`` (for the grid, or one explicit cell) trains each cell once per seed (``train.seed``); the
+leaderboard then scores the mean over seeds with intervals over seeds and problems. ``--plan`` (see
+:mod:`ablate_plan`) prints what difference the grid can resolve before anything trains.
+
 Output folder: ``leaderboard.md|.csv|.html`` (see :mod:`leaderboard`), ``ablate.json`` (every cell's
 status, reason, stage keys, time spent), ``grid.yaml`` (the resolved grid), ``cells/<cell>/`` (its
 ``scores.json`` in run's shape, ``cell.json``, ``log.txt``) and the stage cache.
@@ -27,14 +31,12 @@ status, reason, stage keys, time spent), ``grid.yaml`` (the resolved grid), ``ce
 
 from __future__ import annotations
 
-import contextlib
 import difflib
 import hashlib
 import itertools
 import json
 import os
 import re
-import sys
 import time
 import types
 import typing
@@ -48,10 +50,12 @@ from pydantic import BaseModel, Field, ValidationError
 from . import progress as _progress
 from .config import StageConfig, build, deep_merge, parse_overrides, read_preset, read_yaml
 from .errors import PartialRun, UserError
-from .io import read_json, read_jsonl, write_json
-from .run import (CachedFailure, Executed, RunConfig, StageStore, execute, per_model, problems_inputs,
+from .io import write_json
+from .run import (CachedFailure, RunConfig, StageStore, execute, problems_inputs,
                   stage_config)
 from .problems import problems
+from .ablate_board import leaderboard
+from .ablate_exec import GridProgress, _reason, _worker_init, run_cell
 
 
 class GridError(UserError):
@@ -73,6 +77,7 @@ class CellSpec(StageConfig):
 
     name: str | None = Field(None, description="cell name (default: its field=value pairs)")
     set: dict[str, Any] = Field(default_factory=dict, description="fields to set, dotted (train.lora_r) or nested")
+    seeds: list[int] | None = Field(None, description="training seeds of this cell (train.seed), over the grid's seeds")
 
 
 class GridSpec(StageConfig):
@@ -85,6 +90,8 @@ class GridSpec(StageConfig):
     grid: dict[str, Any] = Field(default_factory=dict, description="field -> list of values; the lists expand as a product")
     cells: list[CellSpec] = Field(default_factory=list, description="explicit cells, in addition to the product")
     baseline: str | None = Field(None, description="cell every other cell is compared with (default: the first cell)")
+    seeds: list[int] | None = Field(None, description="train every cell once per seed (train.seed); the leaderboard's "
+                                    "intervals then cover seeds and problems (hierarchical bootstrap)")
     jobs: int = Field(1, ge=1, description="cells run at once, each in its own process (1: in this process)")
     threads: int | None = Field(None, ge=1, description="torch threads per cell (default: CPU cores // jobs)")
     ray: str | None = Field(None, description="run cells as Ray tasks on this cluster address (e.g. auto, ray://host:10001)")
@@ -99,6 +106,7 @@ class Cell:
     values: dict[str, Any]  # dotted path -> value, for every varied field this cell sets
     config: RunConfig
     folder: str = ""
+    seeds: list[int] | None = None  # training seeds (None: the config's train.seed only)
 
 
 @dataclass
@@ -282,6 +290,11 @@ def expand(spec: GridSpec, source: str = "grid") -> Plan:
         if any(p.match(path) for p in EVAL_SPLIT_FIELDS):
             errors.append(f"grid.{path}: every cell is scored on the base config's eval set; this field cannot vary in a grid")
     explicit: list[tuple[str | None, dict[str, Any]]] = []
+    for where, seeds in [("seeds", spec.seeds), *((f"cells[{i}].seeds", c.seeds) for i, c in enumerate(spec.cells))]:
+        if seeds is not None and (not seeds or len(set(seeds)) != len(seeds)):
+            errors.append(f"{where}: give distinct seeds, e.g. [0, 1, 2] (got {seeds!r})")
+    if (spec.seeds or any(c.seeds for c in spec.cells)) and "train.seed" in axes:
+        errors.append("grid.train.seed: seeds: already varies the training seed; drop one of them")
     for i, c in enumerate(spec.cells):
         sets = _flatten_set(c.set)
         if not sets:
@@ -306,8 +319,10 @@ def expand(spec: GridSpec, source: str = "grid") -> Plan:
         for combo in itertools.product(*(axes[p] for p in paths)):
             values = dict(zip(paths, combo))
             raw.append((",".join(f"{short[p]}={value_label(v)}" for p, v in values.items()), values))
+    seeds_of = [spec.seeds] * len(raw)
     for i, (name, sets) in enumerate(explicit):
         raw.append((name or ",".join(f"{short[p]}={value_label(v)}" for p, v in sets.items()), sets))
+        seeds_of.append(spec.cells[i].seeds or spec.seeds)
     if not raw:
         raise GridError(f"{source}: the grid has no cells; give grid: {{field: [values]}} or cells: [...]")
 
@@ -315,7 +330,7 @@ def expand(spec: GridSpec, source: str = "grid") -> Plan:
     seen_names: dict[str, int] = {}
     seen_cfg: dict[str, str] = {}
     taken: set[str] = set()
-    for name, values in raw:
+    for (name, values), seeds in zip(raw, seeds_of):
         if name in seen_names:
             errors.append(f"cell {name!r}: the name is used twice; give the explicit cells distinct names")
             continue
@@ -333,7 +348,7 @@ def expand(spec: GridSpec, source: str = "grid") -> Plan:
             errors.append(f"cell {name!r}: same config as cell {seen_cfg[key]!r}; drop one of them")
             continue
         seen_cfg[key] = name
-        cells.append(Cell(name, values, cfg, _folder(name, taken)))
+        cells.append(Cell(name, values, cfg, _folder(name, taken), list(seeds) if seeds else None))
     baseline = spec.baseline or (cells[0].name if cells else "")
     if spec.baseline and spec.baseline not in seen_names:
         near = difflib.get_close_matches(spec.baseline, list(seen_names), n=1)
@@ -348,131 +363,6 @@ def _lines(source: str, errors: list[str]) -> str:
     if len(errors) == 1:
         return f"{source}: {errors[0]}"
     return f"{source}: {len(errors)} problems in the grid:\n" + "\n".join(f"  {e}" for e in errors)
-
-
-# ------------------------------------------------------------------------------------------ one cell
-
-@contextlib.contextmanager
-def _cell_log(path: Path):
-    """Send the cell's stage output (Rich console, progress lines, warnings) to its log file."""
-    from rich.console import Console
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = _progress.console  # info() and bar() print through this module global
-    with open(path, "a", encoding="utf-8") as fh:
-        _progress.console = Console(file=fh, highlight=False, soft_wrap=True)  # a file: plain lines, no colours
-        try:
-            with contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-                yield fh
-        finally:
-            _progress.console = old
-
-
-def _reason(stage: str | None, e: BaseException) -> str:
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    what = msg if isinstance(e, (UserError, PartialRun)) else f"{type(e).__name__}: {msg}".rstrip(": ")
-    return f"{stage}: {what}" if stage and not what.startswith(f"{stage.split()[0]}:") else what
-
-
-def _stages_info(ex: Executed) -> dict[str, Any]:
-    return {k: {"key": r.key, "dir": str(r.dir), "executed": r.executed, "seconds": r.seconds} for k, r in ex.stages.items()}
-
-
-def run_cell(name: str, folder: str, values: dict[str, Any], config: dict[str, Any], cache: str, eval_file: str,
-             out_dir: str, threads: int | None = None, retry_failed: bool = False) -> dict[str, Any]:
-    """Run one cell through the stage cache; never raises for a failing cell: the record says why.
-
-    A plain function of JSON-able arguments, so a worker process or a Ray task can run it.
-    """
-    t0 = time.monotonic()
-    cell_dir = Path(out_dir) / "cells" / folder
-    cfg = RunConfig.model_validate(config)
-    if threads:
-        cfg.train.threads = threads  # not part of any stage key
-        cfg.eval.threads = threads
-    ex = Executed()
-    current: list[str | None] = [None]
-
-    def on_stage(stage: str, cached: bool) -> None:
-        current[0] = stage
-        if not cached:
-            print(f"== {stage}", flush=True)
-
-    status, reason = "ok", None
-    with _cell_log(cell_dir / "log.txt"):
-        print(f"== cell {name} ({time.strftime('%Y-%m-%d %H:%M:%S')}, pid {os.getpid()})", flush=True)
-        try:
-            execute(cfg, StageStore(cache, retry_failed), eval_problems=eval_file, label=name, on_stage=on_stage, ex=ex)
-        except KeyboardInterrupt:
-            raise
-        except BaseException as e:  # noqa: BLE001 - a failing cell is a result, not a crash of the grid
-            status, reason = "failed", _reason(current[0], e)
-            print(f"cell failed: {reason}", flush=True)
-    rec = {"name": name, "folder": folder, "values": values, "status": status, "reason": reason,
-           "executed": ex.executed(), "cached": status == "ok" and not ex.executed(),
-           "seconds": round(time.monotonic() - t0, 3), "stages": _stages_info(ex), "pid": os.getpid()}
-    write_json(cell_dir / "cell.json", rec)
-    if status == "ok":
-        scores = {k: per_model(ex.scores[k]) for k in ("base", "student") if k in ex.scores}
-        scores["config"] = cfg.model_dump(mode="json")
-        write_json(cell_dir / "scores.json", scores)
-    return rec
-
-
-def _worker_init(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-# ---------------------------------------------------------------------------------------- progress
-
-class GridProgress:
-    """Cells done / cached / running / failed, with an ETA from the cells that ran."""
-
-    def __init__(self, total: int, jobs: int, stream=None):
-        from rich.console import Console
-
-        self.total, self.jobs = total, jobs
-        self.done = self.cached = self.failed = self.running = 0
-        self.ran_seconds: list[float] = []
-        self.todo = total
-        self.console = Console(file=stream or sys.stderr, highlight=False)
-        self.t0 = time.monotonic()
-
-    def eta(self) -> str:
-        left = self.todo + self.running
-        if not left:
-            return "0s"
-        if not self.ran_seconds:
-            return "?"
-        s = sum(self.ran_seconds) / len(self.ran_seconds) * left / max(1, min(self.jobs, left))
-        return f"{s / 60:.0f}m" if s >= 120 else f"{s:.0f}s"
-
-    def status(self) -> str:
-        return (f"[{self.done + self.cached + self.failed}/{self.total}] done {self.done} · cached {self.cached} · "
-                f"running {self.running} · failed {self.failed} · eta {self.eta()}")
-
-    def start(self, name: str) -> None:
-        self.todo -= 1
-        self.running += 1
-        self.console.print(f"ablate: started {name} · {self.status()}", soft_wrap=True)
-
-    def finish(self, rec: dict[str, Any]) -> None:
-        if rec.get("ran", True):
-            self.running -= 1
-        if rec["status"] != "ok":
-            self.failed += 1
-            what = f"FAILED: {rec['reason']}"
-        elif rec["cached"]:
-            self.cached += 1
-            what = "cached"
-        else:
-            self.done += 1
-            what = f"done in {rec['seconds']:.0f}s (ran {', '.join(rec['executed'])})"
-        if rec["executed"] or rec["status"] != "ok":
-            self.ran_seconds.append(rec["seconds"])
-        self.console.print(f"ablate: {rec['name']}: {what} · {self.status()}", soft_wrap=True, markup=False)
 
 
 # ---------------------------------------------------------------------------------------- the grid
@@ -506,26 +396,22 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
     store = StageStore(Path(cache_dir).resolve() if cache_dir else out / "cache", retry_failed=spec.retry_failed)
     t0 = time.monotonic()
     (out / "grid.yaml").write_text(yaml.safe_dump(
-        {**spec.model_dump(mode="json"), "expanded": [{"name": c.name, "folder": c.folder, "values": c.values}
+        {**spec.model_dump(mode="json"), "expanded": [{"name": c.name, "folder": c.folder, "values": c.values, "seeds": c.seeds}
                                                        for c in plan.cells]}, sort_keys=False, allow_unicode=True),
         encoding="utf-8")
     jobs = spec.jobs
     threads = spec.threads or max(1, _cores() // jobs)
-    _progress.info(f"ablate: {len(plan.cells)} cells over {', '.join(plan.varied) or '(no field)'}; "
+    n_runs = sum(len(c.seeds or [None]) for c in plan.cells)
+    _progress.info(f"ablate: {len(plan.cells)} cells over {', '.join(plan.varied) or '(no field)'}"
+                   + (f" ({n_runs} trainings: cells x seeds)" if n_runs != len(plan.cells) else "") + "; "
                    f"{'ray ' + spec.ray if ray else f'{jobs} job(s) x {threads} thread(s)'}; cache {store.root}")
 
-    # One eval set for every cell: the base config's eval split.
-    try:
-        ev = store.run("problems", stage_config("problems", plan.base.problems), problems_inputs(plan.base.problems),
-                       lambda d: problems(plan.base.problems, d), label="grid:eval set")
-    except UserError as e:
-        raise UserError(f"{source}: the base config's problems stage failed, so there is no eval set: {e}") from None
-    eval_file = str(ev.dir / "eval.jsonl")
-
-    prog = GridProgress(len(plan.cells), jobs)
+    eval_file = grid_eval_set(plan, store, source)
+    runs = seed_runs(plan.cells)
+    prog = GridProgress(len(runs), jobs)
     records: dict[str, dict[str, Any]] = {}
     todo: list[Cell] = []
-    for c in plan.cells:  # cells whose every stage is cached finish here, without loading a model
+    for c in runs:  # cells whose every stage is cached finish here, without loading a model
         try:
             execute(c.config, store, eval_problems=eval_file, label=c.name, dry=True)
         except CachedFailure:
@@ -575,7 +461,7 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
             prog.finish(rec)
             records[c.name] = rec
 
-    ordered = [records[c.name] for c in plan.cells]
+    ordered = [records[c.name] | {"cell": c.group, "seed": c.seed} for c in runs]
     board = leaderboard(plan, ordered, out)
     summary = {"name": spec.name, "cells": ordered, "baseline": plan.baseline, "varied": plan.varied,
                "eval_file": eval_file, "cache": str(store.root), "jobs": jobs, "threads": threads,
@@ -593,6 +479,38 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
         raise PartialRun(f"ablate: {summary['counts']['failed']} of {len(ordered)} cells failed (reasons in "
                          f"{out / 'leaderboard.md'}); the others are scored")
     return summary
+
+
+def grid_eval_set(plan: Plan, store: StageStore, source: str = "grid") -> str:
+    """The one eval set every cell is scored on (the base config's eval split), from the stage cache."""
+    try:
+        ev = store.run("problems", stage_config("problems", plan.base.problems), problems_inputs(plan.base.problems),
+                       lambda d: problems(plan.base.problems, d), label="grid:eval set")
+    except UserError as e:
+        raise UserError(f"{source}: the base config's problems stage failed, so there is no eval set: {e}") from None
+    return str(ev.dir / "eval.jsonl")
+
+
+@dataclass
+class SeedRun(Cell):
+    """One training of a cell: the cell itself, or one of its seeds."""
+
+    group: str = ""  # the cell's name
+    seed: int | None = None
+
+
+def seed_runs(cells: list[Cell]) -> list[SeedRun]:
+    """Every training to run: a cell without seeds as itself, a cell with seeds once per seed (train.seed set)."""
+    out: list[SeedRun] = []
+    for c in cells:
+        if not c.seeds:
+            out.append(SeedRun(c.name, c.values, c.config, c.folder, None, c.name, None))
+            continue
+        for sd in c.seeds:
+            cfg = c.config.model_copy(deep=True)
+            cfg.train.seed = sd
+            out.append(SeedRun(f"{c.name} seed={sd}", c.values, cfg, f"{c.folder}-seed{sd}", None, c.name, sd))
+    return out
 
 
 def _run_ray(ray, address: str, todo: list[Cell], args, prog: GridProgress):
@@ -614,48 +532,3 @@ def _run_ray(ray, address: str, todo: list[Cell], args, prog: GridProgress):
                    "executed": [], "cached": False, "seconds": 0.0, "stages": {}}
         prog.finish(rec)
         yield rec
-
-
-def leaderboard(plan: Plan, records: list[dict[str, Any]], out: Path) -> dict[str, Any]:
-    """Read every scored cell's predictions from the cache and write the leaderboard files.
-
-    The leaderboard is a function of the cells' eval outputs (by stage key), their values and reasons, and the
-    bootstrap settings; when those equal the ones recorded in ``leaderboard.json``, the files are kept as they are.
-    """
-    from .stages import modules_digest
-
-    inputs = {"cells": [[r["name"], r["values"], r["status"], r["reason"],
-                         {k: v["key"] for k, v in r["stages"].items() if k.startswith("eval")}] for r in records],
-              "baseline": plan.baseline, "varied": plan.varied, "bootstrap": plan.spec.bootstrap.model_dump(),
-              "title": plan.spec.name,
-              "code": modules_digest(("leaderboard", "ablate"))}
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-    old = out / "leaderboard.json"
-    if old.is_file() and all((out / f).is_file() for f in ("leaderboard.md", "leaderboard.csv", "leaderboard.html")):
-        prev = read_json(old)
-        if prev.get("inputs_sha256") == digest:
-            return prev
-    from . import leaderboard as lb
-
-    cells, bases, seen_base = [], [], set()
-    by_name = {c.name: c for c in plan.cells}
-    for rec in records:
-        cfg = by_name[rec["name"]].config
-        cr = lb.CellResult(rec["name"], rec["values"], rec["status"], rec["reason"], score=cfg.eval.score)
-        if rec["status"] == "ok":
-            ev_dir = Path(rec["stages"]["eval student"]["dir"])
-            s = read_json(ev_dir / "scores.json")
-            cr.predictions = read_jsonl(ev_dir / "predictions.jsonl")
-            cr.model_bytes, cr.cqs_kind = s["model_bytes"], s.get("cqs_kind", "proxy")
-            b = rec["stages"].get("eval base")
-            if b and b["dir"] not in seen_base:
-                seen_base.add(b["dir"])
-                bs = read_json(Path(b["dir"]) / "scores.json")
-                bases.append(lb.BaseModelResult(cfg.train.base_model, read_jsonl(Path(b["dir"]) / "predictions.jsonl"),
-                                                bs["model_bytes"], cfg.eval.score))
-        cells.append(cr)
-    bc = plan.spec.bootstrap
-    board = lb.compute(cells, plan.baseline, plan.varied, bc.samples, bc.confidence, bc.seed, bases)
-    board["inputs_sha256"] = digest
-    lb.write(board, out, plan.spec.name)
-    return board

@@ -67,11 +67,32 @@ SetOpt = typer.Option(None, "--set", help="override any config key: --set train.
 OverwriteOpt = typer.Option(False, "--overwrite", help="reuse an output folder that is not empty")
 
 
+def _check_problems(path: Path) -> None:
+    """A problems file must be readable, unless it names a shipped benchmark (gsm8k, math500[:100]...)."""
+    from .benchmarks import is_benchmark
+
+    if not is_benchmark(path):
+        check_readable(path, "problems file")
+
+
 @app.command("problems")
-def problems_cmd(out: Path = typer.Option(..., "--out", "-o", help="folder for train.jsonl and eval.jsonl"),
+def problems_cmd(out: Optional[Path] = typer.Option(None, "--out", "-o", help="folder for train.jsonl and eval.jsonl"),
+                 list_: bool = typer.Option(False, "--list", help="list the shipped benchmarks (usable as --problems NAME, "
+                                            "NAME[:200], NAME@200, problems.eval_file: NAME) and exit"),
                  config: Optional[Path] = ConfigOpt, preset: Optional[str] = PresetOpt,
                  sets: Optional[list[str]] = SetOpt, overwrite: bool = OverwriteOpt):
-    """Write Problem JSONL (train and eval splits) from the embedded, seeded sources."""
+    """Write Problem JSONL (train and eval splits) from the embedded, seeded sources; --list shows the
+    shipped benchmarks (GSM8K test, MATH-500)."""
+    if list_:
+        from .benchmarks import listing
+
+        for b in listing():
+            typer.echo(f"{b['name']:<9} {b['count']:>5} problems  {b['license']:<4} {b['source']}"
+                       + ("" if b["status"] == "ok" else f"  [{b['status']}]"))
+        typer.echo("use: --problems gsm8k | gsm8k[:200] | gsm8k@200 (seeded sample) | problems.eval_file: math500")
+        return
+    if out is None:
+        raise UserError("problems needs --out DIR (or --list)")
     from .problems import problems
 
     cfg = stage_config(ProblemsConfig, "problems", config, preset, sets, {})
@@ -117,7 +138,7 @@ def generate_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p
     if problems is None and from_file is None:
         raise UserError("generate needs --problems FILE (or --from-file EXPORT to import a teacher's outputs)")
     if problems is not None:
-        check_readable(problems, "problems file")
+        _check_problems(problems)
     if from_file is not None:
         check_readable(from_file, "--from-file export")
     cfg = stage_config(GenerateConfig, "generate", config, preset, sets, {
@@ -149,7 +170,7 @@ def curate_cmd(traces: Path = typer.Option(..., "--traces", "-t", help="Trace fi
 
     check_readable(traces, "traces file")
     for p in [*(problems or []), *(eval_problems or [])]:
-        check_readable(p, "problems file")
+        _check_problems(p)
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v is not None else None  # noqa: E731
     cfg = stage_config(CurateConfig, "curate", config, preset, sets,
                        {"keep_think": keep_think, "steps": split(steps), "formats": split(formats), "tokenizer": tokenizer,
@@ -246,7 +267,7 @@ def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", h
         return
     if problems is None or out is None:
         raise UserError("eval needs --problems FILE and --out DIR (or --compare A B)")
-    check_readable(problems, "problems file")
+    _check_problems(problems)
     if predictions is not None and not predictions.exists():
         raise UserError(f"predictions file not found: {predictions}")
     judge = {k: v for k, v in {"base_url": judge_base_url, "model": judge_model}.items() if v is not None}
@@ -323,13 +344,35 @@ def ablate_cmd(grid: Path = typer.Argument(..., help="grid YAML: base config, fi
                ray: Optional[str] = typer.Option(None, "--ray", help=h(GridSpec, "ray")),
                retry_failed: Optional[bool] = typer.Option(None, "--retry-failed/--no-retry-failed", help=h(GridSpec, "retry_failed")),
                sets: Optional[list[str]] = typer.Option(None, "--set", help="override a base config key for every cell: --set train.epochs=1"),
-               cache: Optional[Path] = CacheOpt):
+               cache: Optional[Path] = CacheOpt,
+               plan: bool = typer.Option(False, "--plan", help="print the power plan (minimum detectable Overall difference at "
+                                         "the eval size, eval size for --detect, wall time) from a pilot; never trains"),
+               detect: Optional[float] = typer.Option(None, "--detect", help="with --plan: the Overall difference (points) "
+                                                      "the grid should resolve, e.g. 2.0"),
+               pilot: Optional[Path] = typer.Option(None, "--pilot", help="with --plan: a previous eval folder, predictions.jsonl "
+                                                    "or grid folder instead of a fresh pilot eval of the base model"),
+               pilot_n: int = typer.Option(32, "--pilot-n", min=0, help="with --plan: problems in the pilot eval of the base model "
+                                           "(it measures the eval rate when --pilot has none; 0: no pilot eval)"),
+               rho: float = typer.Option(0.5, "--rho", min=-1.0, max=1.0, help="with --plan and a one-model pilot: assumed "
+                                         "correlation of two cells' per-problem Overall")):
     """A grid of runs over any config field, every stage cached by the hash of its inputs; writes a
-    leaderboard (md, csv, html) with intervals, paired differences to the baseline and each field's effect."""
+    leaderboard (md, csv, html) with intervals, paired differences to the baseline and each field's effect.
+    --plan: how large a difference the grid can resolve, and what resolving --detect points would take."""
     from .ablate import ablate, load_grid
 
     check_readable(grid, "grid file")
+    if (detect is not None or pilot is not None) and not plan:
+        raise UserError("--detect and --pilot go with --plan (which plans the grid and runs nothing)")
     spec = load_grid(grid, sets, {"jobs": jobs, "threads": threads, "ray": ray, "retry_failed": retry_failed})
+    if plan:
+        from .ablate_plan import plan_grid
+
+        if pilot is not None and not pilot.exists():
+            raise UserError(f"--pilot not found: {pilot}")
+        if detect is not None and detect <= 0:
+            raise UserError(f"--detect must be above 0 Overall points, got {detect}")
+        plan_grid(spec, out, cache_dir=cache, source=str(grid), pilot=pilot, detect=detect, pilot_n=pilot_n, rho=rho)
+        return
     ablate(spec, out, cache_dir=cache, source=str(grid))
 
 

@@ -74,7 +74,8 @@ def score_outputs(probs: list[Problem], outs: list[Generation | dict[str, Any]],
         v = grade(answer_text(g.output, reasoning_tags), p.answer, finish_reason=g.finish_reason)
         preds.append(Prediction(problem_id=p.id, source=p.source, output=g.output, extracted_answer=v.answer,
                                 reference=p.answer, correct=v.correct, tokens=g.tokens, finish_reason=g.finish_reason,
-                                grade_rule=v.rule, cqs={"kind": "proxy", **cqs_proxy(g.output, p.question)}))
+                                grade_rule=v.rule, cqs={"kind": "proxy", **cqs_proxy(g.output, p.question)},
+                                level=lv if isinstance(lv := p.meta.get("level"), int) else None))
     return preds
 
 

@@ -244,9 +244,9 @@ def noisy_reference_traces(probs: Iterable[Problem], noise: "ReferenceNoise", sa
 
 def read_problem_file(path: str | Path, tally: Tally, question_template: str | None = None,
                       fields: FieldMap | None = None) -> list[Problem]:
-    """Problems from any supported file, read as ``curate`` and ``eval`` read them (records.read_problems: ids
-    and answers may be numbers, extra columns are ignored; ``fields`` names the columns); bad rows and repeated
-    ids are counted with file:line, the first of an id kept."""
+    """Problems from any supported file (or a shipped benchmark name: gsm8k[:200]), read as ``curate`` and
+    ``eval`` read them (records.read_problems: ids and answers may be numbers, extra columns are ignored;
+    ``fields`` names the columns); bad rows and repeated ids are counted with file:line, the first of an id kept."""
     probs, seen, wheres = [], set(), []
     read = read_problems(path, fields or FieldMap(), tally, question_template, wheres)
     for p, where in zip(read, wheres):

@@ -50,6 +50,9 @@ class CellResult:
     model_bytes: int | None = 0  # None: size unknown (MLS null, Overall over AS, CQS, ES)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     cqs_kind: str = "proxy"
+    seed_predictions: list[list[dict[str, Any]]] | None = None  # every training seed's rows (a cell with seeds)
+    seeds: list[int | None] | None = None
+    seed_failures: list[str] | None = None
 
 
 @dataclass
@@ -109,7 +112,7 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
 
     ``samples``/``confidence``/``seed``: the bootstrap's; None takes the baseline cell's ``score`` settings."""
     from .scores import score_columns, score_differences, score_intervals, score_stat
-    from .stats import bootstrap_indices, resample
+    from .stats import bootstrap_indices, interval, resample
 
     ok = [c for c in cells if c.status == "ok" and c.predictions]
     failed = [c for c in cells if c not in ok]
@@ -134,19 +137,32 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
     cols = {c.name: score_columns(c.predictions or [], c.model_bytes) for c in ok}
     draws: dict[str, np.ndarray] = {}
     points: dict[str, float] = {}
+    same_of = {c.name: [p["problem_id"] for p in c.predictions or []] == ids for c in ok}
+    seeded = {c.name: _draws(c, None, idx, boot.bootstrap_seed) for c in ok
+              if same_of[c.name] and c.seed_predictions and len(c.seed_predictions) > 1}
     for c in ok:
         cfg = c.score.model_copy(update={"confidence": boot.confidence})
-        same = [p["problem_id"] for p in c.predictions or []] == ids
-        ivs = score_intervals(cols[c.name], cfg, idx if same else None)
-        diff = score_differences(cols[base.name], cols[c.name], cfg, idx) if same else None
-        if same:
-            draws[c.name] = score_stat(c.score)(resample(cols[c.name], idx))["overall"]
-            points[c.name] = ivs["overall"].point
+        same = same_of[c.name]
+        if same and (c.name in seeded or base.name in seeded):  # intervals over seeds and problems (hierarchical bootstrap)
+            pc, dc = seeded.get(c.name) or _draws(c, [cols[c.name]], idx, boot.bootstrap_seed)
+            pb, db = _draws(base, [cols[base.name]] if base.name not in seeded else None, idx, boot.bootstrap_seed, c.score)
+            ivs = {k: interval(pc[k], dc[k], boot.confidence) for k in SCORE_FIELDS}
+            diff = ({k: interval(pc[k] - pb[k], dc[k] - db[k], boot.confidence) for k in SCORE_FIELDS} if same else None)
+            if same:
+                draws[c.name], points[c.name] = dc["overall"], pc["overall"]
+        else:
+            ivs = score_intervals(cols[c.name], cfg, idx if same else None)
+            diff = score_differences(cols[base.name], cols[c.name], cfg, idx) if same else None
+            if same:
+                draws[c.name] = score_stat(c.score)(resample(cols[c.name], idx))["overall"]
+                points[c.name] = ivs["overall"].point
         out["rows"].append({
             "name": c.name, "values": {k: value_label(c.values.get(k)) for k in varied},
             "scores": {k: ivs[k].as_dict() for k in SCORE_FIELDS},
             "diff": {k: diff[k].as_dict() for k in SCORE_FIELDS} if diff else None,
             "diff_significant": bool(diff and diff["overall"].excludes_zero()),
+            **(_power(diff["overall"], boot.confidence) if diff else {}),
+            "seeds": c.seeds if c.name in seeded else None, "seed_failures": c.seed_failures or None,
             "mean_tokens": float(cols[c.name]["tokens"].mean()), "model_bytes": c.model_bytes, "n": len(c.predictions or []),
             "cqs_kind": c.cqs_kind, "same_problems": same,
         })
@@ -161,7 +177,7 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
         ivs = score_intervals(bc, cfg, idx)
         dif = score_differences(cols[base.name], bc, cfg, idx)
         out["base_models"].append({"name": b.label, "scores": {k: ivs[k].as_dict() for k in SCORE_FIELDS},
-                                   "diff": {k: dif[k].as_dict() for k in SCORE_FIELDS},
+                                   "diff": {k: dif[k].as_dict() for k in SCORE_FIELDS}, **_power(dif["overall"], boot.confidence),
                                    "mean_tokens": float(bc["tokens"].mean()), "model_bytes": b.model_bytes})
     out["effects"] = _effects([c for c in ok if c.name in draws], base, varied, draws, points, boot.confidence)
     return out
@@ -190,7 +206,33 @@ def _effect_row(fieldname: str, value: str, ref: str, pairs: list[tuple[str, str
         return None
     iv = interval(pt, dr, confidence)
     return {"field": fieldname, "value": value, "vs": ref, "effect": iv.as_dict(), "significant": iv.excludes_zero(),
-            "basis": kind}
+            "basis": kind, **_power(iv, confidence)}
+
+
+def _power(iv: Any, confidence: float) -> dict[str, Any]:
+    """The minimum detectable effect implied by a difference's interval (80 % power) and what it resolves."""
+    from .power import mde_from_interval, resolvable
+
+    m = mde_from_interval(iv.lo, iv.hi, confidence)
+    return {"mde": round(m, 4) if math.isfinite(m) else None, "resolution": resolvable(iv.lo, iv.hi)}
+
+
+def _draws(c: CellResult, cols: list[dict[str, np.ndarray]] | None, idx: np.ndarray, seed: int,
+           score: ScoreConfig | None = None) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """A cell's scores (the mean over its seeds) and their draws over seeds, then problems
+    (:func:`stats.hierarchical_draws`; ``cols``: its per-seed columns, None: read from ``c.seed_predictions``).
+    The problem resamples ``idx`` are shared with every other cell, so differences stay paired over problems;
+    each cell resamples its seeds with its own seed (from its name), independently of the others."""
+    import zlib
+
+    from .scores import score_columns, score_stat
+    from .stats import hierarchical_draws
+
+    if cols is None:
+        cols = [score_columns(rows, c.model_bytes) for rows in (c.seed_predictions or [c.predictions or []])]
+    point, draws = hierarchical_draws(cols, score_stat(score or c.score), indices=idx,
+                                      seed=zlib.crc32(c.name.encode()) ^ seed)
+    return {k: float(point[k][0]) for k in SCORE_FIELDS}, {k: draws[k] for k in SCORE_FIELDS}
 
 
 def _effects(ok: list[CellResult], base: CellResult, varied: list[str], draws: dict[str, np.ndarray],
@@ -308,11 +350,21 @@ def _header(board: dict[str, Any], title: str) -> list[str]:
         lines[-1] += (f"All cells are scored on the same {board.get('n', 0)} eval problems. Intervals: "
                       f"{int(board['confidence'] * 100)}% percentile bootstrap over problems ({board['samples']} resamples, "
                       f"seed {board['seed']}), paired for differences; `*` marks a difference whose interval excludes 0. "
+                      f"MDE: the smallest difference this eval resolves with 80% power (from the difference's interval: "
+                      f"half-width x (z_a/2 + z_0.8) / z_a/2); a difference whose interval includes 0 is *not resolvable at "
+                      f"this size*, which is not evidence of no effect. "
                       f"CQS is the {'offline proxy (not an LLM judge)' if kind == 'proxy' else kind}. "
                       f"Baseline cell: **{board['baseline']}**.")
         if any(r["scores"]["MLS"]["point"] is None for r in board["rows"]):
             lines += ["", "Note: a cell whose model size is unknown has MLS n/a, and its Overall is over AS, CQS and ES "
                           "with their weights renormalised (not comparable with a four-term Overall)."]
+        seeded = [r for r in board["rows"] if r.get("seeds")]
+        if seeded:
+            lines += ["", f"Cells with several training seeds ({', '.join(r['name'] for r in seeded)}): their scores are "
+                      "the mean over seeds and their intervals resample seeds, then problems (hierarchical bootstrap)."]
+            for r in seeded:
+                if r.get("seed_failures"):
+                    lines += [f"Cell {r['name']}: scored on seeds {r['seeds']}; failed: {'; '.join(r['seed_failures'])}."]
         if board.get("baseline_note"):
             lines += ["", f"Note: {board['baseline_note']}."]
     return lines
@@ -324,7 +376,7 @@ def to_markdown(board: dict[str, Any], title: str, images: dict[str, str] | None
     varied = board["varied"]
     lines = _header(board, title)
     if board["rows"]:
-        head = ["#", "cell", *varied, "AS", "CQS", "ES", "MLS", "Overall", "Δ Overall vs baseline", "tokens", "MB"]
+        head = ["#", "cell", *varied, "AS", "CQS", "ES", "MLS", "Overall", "Δ Overall vs baseline", "MDE", "tokens", "MB"]
         lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for r in board["rows"]:
             s = r["scores"]
@@ -333,20 +385,22 @@ def to_markdown(board: dict[str, Any], title: str, images: dict[str, str] | None
                     (_ci(Interval(**d["overall"]), sign=True) + (" *" if r["diff_significant"] else "")) if d else "n/a (other problems)")
             cells = [str(r["rank"]), r["name"], *[r["values"][k] for k in varied],
                      *[_ci(Interval(**s[k])) for k in ("AS", "CQS", "ES", "MLS")], f"**{_ci(Interval(**s['overall']))}**",
-                     dtxt, f"{r['mean_tokens']:.0f}", _mb(r["model_bytes"])]
+                     dtxt, _mde(r) if d and r["name"] != board["baseline"] else "", f"{r['mean_tokens']:.0f}",
+                     _mb(r["model_bytes"])]
             lines.append("| " + " | ".join(cells) + " |")
         for b in board.get("base_models", []):
             s = b["scores"]
             cells = ["", f"{b['name']} (untrained base, reference)", *["" for _ in varied],
                      *[_ci(Interval(**s[k])) for k in ("AS", "CQS", "ES", "MLS")], _ci(Interval(**s["overall"])),
-                     _ci(Interval(**b["diff"]["overall"]), sign=True), f"{b['mean_tokens']:.0f}", _mb(b["model_bytes"])]
+                     _ci(Interval(**b["diff"]["overall"]), sign=True), _mde(b), f"{b['mean_tokens']:.0f}",
+                     _mb(b["model_bytes"])]
             lines.append("| " + " | ".join(cells) + " |")
     if board["effects"]:
         lines += ["", "## Effect of each varied field (averaged over the others)", "",
-                  "| field | value | against | effect on Overall | basis |", "|---|---|---|---|---|"]
+                  "| field | value | against | effect on Overall | MDE | basis |", "|---|---|---|---|---|---|"]
         for e in board["effects"]:
             lines.append(f"| {e['field']} | {e['value']} | {e['vs']} | {_ci(Interval(**e['effect']), sign=True)}"
-                         f"{' *' if e['significant'] else ''} | {e['basis']} |")
+                         f"{' *' if e['significant'] else ''} | {_mde(e)} | {e['basis']} |")
     if board["failed"]:
         lines += ["", "## Failed cells", "", "| cell | reason |", "|---|---|"]
         for f in board["failed"]:
@@ -356,6 +410,13 @@ def to_markdown(board: dict[str, Any], title: str, images: dict[str, str] | None
     return "\n".join(lines) + "\n"
 
 
+def _mde(r: dict[str, Any]) -> str:
+    """``6.9 (not resolvable at this size)`` or ``6.9``: a difference's MDE and, when its interval includes 0, why."""
+    if r.get("mde") is None:
+        return ""
+    return f"{r['mde']:.1f}" + (f" ({r['resolution']})" if r.get("resolution") != "resolved" else "")
+
+
 def csv_rows(board: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     varied = board["varied"]
     cols = ["rank", "cell", "status", "reason", *varied]
@@ -363,7 +424,7 @@ def csv_rows(board: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         cols += [k, f"{k}_lo", f"{k}_hi"]
     for k in SCORE_FIELDS:
         cols += [f"d_{k}", f"d_{k}_lo", f"d_{k}_hi"]
-    cols += ["mean_tokens", "model_bytes", "n"]
+    cols += ["d_overall_mde", "resolution", "mean_tokens", "model_bytes", "n"]
     rows = []
     for r in board["rows"]:
         row: dict[str, Any] = {"rank": r["rank"], "cell": r["name"], "status": "ok", "reason": "", **r["values"]}
@@ -373,7 +434,8 @@ def csv_rows(board: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
             if r["diff"]:
                 d = r["diff"][k]
                 row.update({f"d_{k}": d["point"], f"d_{k}_lo": d["lo"], f"d_{k}_hi": d["hi"]})
-        row.update({"mean_tokens": round(r["mean_tokens"], 3), "model_bytes": r["model_bytes"], "n": r["n"]})
+        row.update({"d_overall_mde": r.get("mde", ""), "resolution": r.get("resolution", ""),
+                    "mean_tokens": round(r["mean_tokens"], 3), "model_bytes": r["model_bytes"], "n": r["n"]})
         rows.append(row)
     for f in board["failed"]:
         rows.append({"cell": f["name"], "status": "failed", "reason": f["reason"], **f["values"]})

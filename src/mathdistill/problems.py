@@ -48,7 +48,8 @@ class ProblemsConfig(StageConfig):
     )
     eval_template_share: float = Field(0.3, gt=0, lt=1, description="share of GSM-Symbolic templates held out for eval")
     train_file: str | None = Field(None, description="use this file of problems for training instead of the embedded sources")
-    eval_file: str | None = Field(None, description="use this file of problems for eval instead of the embedded sources")
+    eval_file: str | None = Field(None, description="use this file of problems (or a shipped benchmark: gsm8k, math500, "
+                                  "gsm8k[:200], gsm8k@200) for eval instead of the embedded sources")
     fields: FieldMap = Field(default_factory=FieldMap, description="field names in train_file / eval_file")
 
 
@@ -147,17 +148,7 @@ def problems(cfg: ProblemsConfig, out_dir: str | Path) -> dict[str, Any]:
     train: list[Problem] = []
     evals: list[Problem] = []
     split_info: dict[str, Any] = {}
-    if cfg.train_file or cfg.eval_file:
-        if not (cfg.train_file and cfg.eval_file):
-            raise UserError("problems: give both train_file and eval_file (or neither, for the embedded sources)")
-        train = read_problems(cfg.train_file, cfg.fields, tally)
-        evals = read_problems(cfg.eval_file, cfg.fields, tally)
-        eval_q = {" ".join(p.question.split()) for p in evals}
-        before = len(train)
-        train = [p for p in train if " ".join(p.question.split()) not in eval_q]
-        if before - len(train):
-            tally.add("train_question_also_in_eval", n=before - len(train))
-    else:
+    if not (cfg.train_file and cfg.eval_file):
         for family, spec in cfg.families.items():
             if family == GSM:
                 tr, ev, split_info[GSM] = _gsm_split(spec, cfg.seed, cfg.eval_template_share)
@@ -165,6 +156,16 @@ def problems(cfg: ProblemsConfig, out_dir: str | Path) -> dict[str, Any]:
                 tr, ev = _arith_split(family, spec, cfg.seed, tally)
             train += tr
             evals += ev
+    if cfg.train_file:
+        train = read_problems(cfg.train_file, cfg.fields, tally)
+    if cfg.eval_file:  # a file, or a shipped benchmark name (math500, gsm8k[:200]): it replaces the embedded eval
+        evals = read_problems(cfg.eval_file, cfg.fields, tally)
+    if cfg.train_file or cfg.eval_file:
+        eval_q = {" ".join(p.question.split()) for p in evals}
+        before = len(train)
+        train = [p for p in train if " ".join(p.question.split()) not in eval_q]
+        if before - len(train):
+            tally.add("train_question_also_in_eval", n=before - len(train))
     if not evals:
         raise UserError("problems: the eval split is empty; set n_eval above 0 for at least one family")
     write_jsonl(out / "train.jsonl", train)

@@ -73,6 +73,7 @@ class Prediction(Record):
     finish_reason: str = "stop"  # stop | length | error
     grade_rule: str | None = None  # the grader rule that decided `correct` (mathdistill.answers.grade)
     cqs: dict[str, Any] = Field(default_factory=dict)
+    level: int | None = None  # the problem's difficulty level (meta.level: MATH-500's 1-5); None when it has none
 
 
 class FieldMap(BaseModel):
@@ -282,8 +283,19 @@ def read_problems(path: str | Path, fields: FieldMap | None = None, tally: Tally
     Ids and answers may be numbers (``7``, ``42``: read as text) and extra columns (``level``, ``subject``) are
     ignored. ``question_template`` (see :func:`render_question`) builds the question from several fields.
 
-    Raises :class:`UserError` when not a single row has the question field (the mapping is wrong).
+    ``path`` may also name a shipped benchmark (``gsm8k``, ``math500[:100]``, ``gsm8k@200``; see
+    :mod:`benchmarks`), whose records ignore ``fields``.
+
+    Raises :class:`UserError` when not a single row has the question field (the mapping is wrong), or a
+    benchmark's shipped file is missing or edited.
     """
+    from . import benchmarks
+
+    if benchmarks.is_benchmark(path):
+        out = [Problem(**r) for r in benchmarks.load(path)]
+        if wheres is not None:
+            wheres.extend(f"{path}:{i}" for i in range(1, len(out) + 1))
+        return out
     fields = fields or FieldMap()
     tally = tally if tally is not None else Tally()
     out: list[Problem] = []

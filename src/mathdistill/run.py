@@ -115,11 +115,15 @@ def model_fingerprint(name: str) -> str:
 
 def problems_inputs(cfg: ProblemsConfig) -> dict[str, str]:
     """The content of the user's problem files, when the problems stage reads any (edit a file: new key)."""
+    from .benchmarks import digest, is_benchmark
+
     out = {}
     for k in ("train_file", "eval_file"):
         f = getattr(cfg, k)
         if f and Path(f).is_file():
             out[k] = file_digest(f)
+        elif f and is_benchmark(f):  # a shipped benchmark: the shipped file's sha256 and the slice
+            out[k] = digest(f)
     return out
 
 

@@ -226,7 +226,8 @@ def paired_bootstrap(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str
 
 def aggregate(preds: Iterable[dict[str, Any]], model_bytes: float | None, cfg: ScoreConfig | None = None,
               cqs_kind: str = "proxy") -> dict[str, Any]:
-    """Scores over prediction dicts (``correct``, ``tokens``, ``cqs``...), overall, intervals and ``by_family``.
+    """Scores over prediction dicts (``correct``, ``tokens``, ``cqs``...), overall, intervals and ``by_family``
+    (one block per ``source``, plus one per difficulty level where rows have ``level``: ``math500/level 3``).
 
     ``model_bytes=None`` (size unknown): ``MLS`` and ``model_bytes`` are None and Overall is over AS, CQS and ES
     with renormalised weights (``overall_terms`` says which terms Overall holds)."""
@@ -264,7 +265,14 @@ def aggregate(preds: Iterable[dict[str, Any]], model_bytes: float | None, cfg: S
     out["interval_method"] = interval_method(cfg)
     fams = sorted({r["source"] for r in preds})
     out["by_family"] = {f: block([r for r in preds if r["source"] == f]) for f in fams}
+    for root, lv in sorted({(_root(r["source"]), r["level"]) for r in preds if r.get("level") is not None}):
+        out["by_family"][f"{root}/level {lv}"] = block([r for r in preds if _root(r["source"]) == root and r.get("level") == lv])
     return out
+
+
+def _root(source: str) -> str:
+    """The benchmark of a family (``math500/Algebra`` -> ``math500``)."""
+    return source.split("/", 1)[0]
 
 
 def _component_means(rows: list[dict[str, Any]], comps: tuple[str, ...], scale: float) -> dict[str, float]:

@@ -14,6 +14,9 @@ quantiles of the draws. Rules every caller shares:
 * **No clamping.** The interval is the quantiles of the draws as they are; for a non-linear statistic (ES of the
   mean tokens) the point estimate may lie outside it.
 
+* **Seeds.** A model trained with several seeds: :func:`hierarchical_draws` / :func:`hierarchical_bootstrap`
+  resample the seeds, then the problems with the same shared index draw, so intervals cover training noise too.
+
 Defaults (``SAMPLES``, ``CONFIDENCE``, ``SEED``) are the defaults of ``scores.ScoreConfig``'s
 ``bootstrap_samples``, ``confidence`` and ``bootstrap_seed``; callers pass the config's values.
 
@@ -27,7 +30,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -154,3 +157,56 @@ def paired_bootstrap(a: Columns, b: Columns, stat: Stat = mean, *, samples: int 
     full = np.arange(n)[None, :]
     point = _sub(stat(resample(b, full)), stat(resample(a, full)))
     return _intervals(point, _sub(stat(resample(b, idx)), stat(resample(a, idx))), confidence)
+
+
+def _nanmean0(x: np.ndarray) -> np.ndarray:
+    """Mean over the first axis ignoring NaN; NaN (no warning) where every value is NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(x, axis=0)
+
+
+def hierarchical_draws(per_seed: Sequence[Columns], stat: Stat = mean, *, indices: np.ndarray,
+                       seed: int = SEED) -> tuple[Any, Any]:
+    """Two-stage bootstrap over training seeds, then problems (Davison & Hinkley, *Bootstrap Methods*, §3.8).
+
+    ``per_seed``: one result per training seed, all on the same problems in the same order. Stage 2 uses the
+    shared problem draw ``indices`` (:func:`bootstrap_indices`, shape ``(samples, n)``) for every seed, so a
+    difference to another model drawn with the same ``indices`` stays paired over problems; stage 1 resamples the
+    seeds with replacement, independently per draw (``numpy.random.default_rng(seed)``; give each model its own
+    ``seed``). Returns ``(point, draws)``: the point is the mean over seeds of ``stat`` on all problems (shape
+    ``(1,)``), a draw the mean over the resampled seeds of their ``stat`` on that problem resample (shape
+    ``(samples,)``); mappings when ``stat`` returns one. NaN-aware: a seed whose statistic is NaN is left out of
+    the mean. With one seed the draws are exactly :func:`bootstrap`'s. Raises ValueError without a seed."""
+    if not per_seed:
+        raise ValueError("hierarchical bootstrap needs at least one seed")
+    cols = [_as_columns(v) for v in per_seed]
+    n = _n(cols[0])
+    if any(_n(c) != n for c in cols):
+        raise ValueError("every seed must cover the same problems")
+    full = np.arange(n)[None, :]
+    pts = [stat(resample(c, full)) for c in cols]
+    drs = [stat(resample(c, indices)) for c in cols]
+    s, samples = len(cols), indices.shape[0]
+    pick = np.random.default_rng(seed).integers(0, s, size=(samples, s)) if s > 1 else np.zeros((samples, 1), int)
+
+    def combine(point_list: list[Any], draw_list: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+        d = np.stack([np.asarray(x, dtype=float).reshape(-1) for x in draw_list])  # (S, samples)
+        p = _nanmean0(np.stack([np.asarray(x, dtype=float).reshape(-1)[:1] for x in point_list]))
+        return p, _nanmean0(d[pick.T, np.arange(samples)[None, :]])
+
+    if isinstance(pts[0], Mapping):
+        both = {k: combine([p[k] for p in pts], [d[k] for d in drs]) for k in pts[0]}
+        return {k: v[0] for k, v in both.items()}, {k: v[1] for k, v in both.items()}
+    return combine(pts, drs)
+
+
+def hierarchical_bootstrap(per_seed: Sequence[Columns], stat: Stat = mean, *, samples: int = SAMPLES,
+                           confidence: float = CONFIDENCE, seed: int = SEED,
+                           indices: np.ndarray | None = None) -> Interval | dict[str, Interval]:
+    """``stat`` averaged over training seeds with its interval over seeds and problems
+    (:func:`hierarchical_draws`; ``indices``: a shared problem draw, otherwise drawn from ``samples`` and ``seed``)."""
+    cols = [_as_columns(v) for v in per_seed]
+    idx = bootstrap_indices(_n(cols[0]), samples, seed) if indices is None else indices
+    point, draws = hierarchical_draws(cols, stat, indices=idx, seed=seed)
+    return _intervals(point, draws, confidence)
