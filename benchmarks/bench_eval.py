@@ -159,7 +159,7 @@ def llamacpp_rows(a, probs, ref, ref_tps: float, parallel: int, stop: bool) -> d
     from mathdistill.answers import extract_answer
     from mathdistill.evaluate import score_outputs
     from mathdistill.export import ExportConfig, export
-    from mathdistill.llamacpp import GGUFModel, generate_parallel
+    from mathdistill.llamacpp import GGUFModel, default_threads, generate_parallel
     from mathdistill.models import resolve
 
     spec = resolve(a.model)
@@ -180,18 +180,19 @@ def llamacpp_rows(a, probs, ref, ref_tps: float, parallel: int, stop: bool) -> d
         with GGUFModel(f) as gm:
             prompts = [gm.tokenize(gm.render(p)) for p in probs]
             generate_parallel(gm, prompts[:1], 4, parallel=1, stop_at_answer=stop, threads=a.threads)  # warm-up
+            threads = a.threads or default_threads()  # the idle cores now, as eval picks them
             t0 = time.perf_counter()
-            gens = generate_parallel(gm, prompts, a.max_new_tokens, parallel=parallel, stop_at_answer=stop, threads=a.threads)
+            gens = generate_parallel(gm, prompts, a.max_new_tokens, parallel=parallel, stop_at_answer=stop, threads=threads)
             dt = time.perf_counter() - t0
         ok = [x.correct for x in score_outputs(probs, gens)]
         same = [extract_answer(g.output) == extract_answer(r.output) for g, r in zip(gens, ref)]
         r = {"label": label, "bytes": f.stat().st_size, "tokens": sum(g.tokens for g in gens), "wall_s": round(dt, 2),
-             "tokens_per_s": round(sum(g.tokens for g in gens) / dt, 2), "AS": round(100 * sum(ok) / len(probs), 1),
+             "tokens_per_s": round(sum(g.tokens for g in gens) / dt, 2), "threads": threads, "AS": round(100 * sum(ok) / len(probs), 1),
              "correct": sum(ok), "same_answers": sum(same), "same_text": sum(g.output == r.output for g, r in zip(gens, ref)),
              "differing_problems": [p.id for p, s in zip(probs, same) if not s]}
         r["ratio"] = round(r["tokens_per_s"] / ref_tps, 2)
         rows.append(r)
-        print(f"| llama.cpp {label} | {r['bytes'] / 1e6:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f}x | "
+        print(f"| llama.cpp {label}, {threads} thread(s) | {r['bytes'] / 1e6:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f}x | "
               f"{r['AS']:.1f} | {r['same_answers']}/{len(probs)} | {r['same_text']}/{len(probs)} |", flush=True)
     import shutil
 
