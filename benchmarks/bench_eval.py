@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-stop-at-answer", action="store_true", help="both sides stop at EOS only")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     ap.add_argument("--llamacpp", action="store_true", help="add llama.cpp on the base GGUF and f16/q8_0/q4_0 exports")
+    ap.add_argument("--gguf-types", default="f16,q8_0,q4_0", help="export types run on llama.cpp (comma-separated)")
     ap.add_argument("--no-naive", action="store_true", help="skip the one-prompt-at-a-time side (its ratio is not printed)")
     a = ap.parse_args(argv)
 
@@ -167,7 +168,7 @@ def llamacpp_rows(a, probs, ref, ref_tps: float, parallel: int, stop: bool) -> d
     if spec.kind == "gguf":
         files.append((f"base GGUF ({spec.gguf_file})", Path(spec.path) / str(spec.gguf_file)))
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-gguf-"))
-    for t in ("f16", "q8_0", "q4_0"):
+    for t in a.gguf_types.split(","):
         export(ExportConfig(format="gguf", gguf_type=t), a.model, tmp / t)
         files.append((f"export {t}", tmp / t / f"model-{t}.gguf"))
     ref_ok = [x.correct for x in score_outputs(probs, ref)]  # graded as eval grades (AS)
