@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-stop-at-answer", action="store_true", help="both sides stop at EOS only")
     ap.add_argument("--json", type=Path, default=None, help="also write the figures to this JSON file")
     ap.add_argument("--llamacpp", action="store_true", help="add llama.cpp on the base GGUF and f16/q8_0/q4_0 exports")
+    ap.add_argument("--gguf-types", default="f16,q8_0,q4_0", help="export types run on llama.cpp (comma-separated)")
     ap.add_argument("--no-naive", action="store_true", help="skip the one-prompt-at-a-time side (its ratio is not printed)")
     a = ap.parse_args(argv)
 
@@ -159,7 +160,7 @@ def llamacpp_rows(a, probs, ref, ref_tps: float, parallel: int, stop: bool) -> d
     from mathdistill.answers import extract_answer
     from mathdistill.evaluate import score_outputs
     from mathdistill.export import ExportConfig, export
-    from mathdistill.llamacpp import GGUFModel, generate_parallel
+    from mathdistill.llamacpp import GGUFModel, default_threads, generate_parallel
     from mathdistill.models import resolve
 
     spec = resolve(a.model)
@@ -167,7 +168,7 @@ def llamacpp_rows(a, probs, ref, ref_tps: float, parallel: int, stop: bool) -> d
     if spec.kind == "gguf":
         files.append((f"base GGUF ({spec.gguf_file})", Path(spec.path) / str(spec.gguf_file)))
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-gguf-"))
-    for t in ("f16", "q8_0", "q4_0"):
+    for t in a.gguf_types.split(","):
         export(ExportConfig(format="gguf", gguf_type=t), a.model, tmp / t)
         files.append((f"export {t}", tmp / t / f"model-{t}.gguf"))
     ref_ok = [x.correct for x in score_outputs(probs, ref)]  # graded as eval grades (AS)
@@ -180,18 +181,19 @@ def llamacpp_rows(a, probs, ref, ref_tps: float, parallel: int, stop: bool) -> d
         with GGUFModel(f) as gm:
             prompts = [gm.tokenize(gm.render(p)) for p in probs]
             generate_parallel(gm, prompts[:1], 4, parallel=1, stop_at_answer=stop, threads=a.threads)  # warm-up
+            threads = a.threads or default_threads()  # the idle cores now, as eval picks them
             t0 = time.perf_counter()
-            gens = generate_parallel(gm, prompts, a.max_new_tokens, parallel=parallel, stop_at_answer=stop, threads=a.threads)
+            gens = generate_parallel(gm, prompts, a.max_new_tokens, parallel=parallel, stop_at_answer=stop, threads=threads)
             dt = time.perf_counter() - t0
         ok = [x.correct for x in score_outputs(probs, gens)]
         same = [extract_answer(g.output) == extract_answer(r.output) for g, r in zip(gens, ref)]
         r = {"label": label, "bytes": f.stat().st_size, "tokens": sum(g.tokens for g in gens), "wall_s": round(dt, 2),
-             "tokens_per_s": round(sum(g.tokens for g in gens) / dt, 2), "AS": round(100 * sum(ok) / len(probs), 1),
+             "tokens_per_s": round(sum(g.tokens for g in gens) / dt, 2), "threads": threads, "AS": round(100 * sum(ok) / len(probs), 1),
              "correct": sum(ok), "same_answers": sum(same), "same_text": sum(g.output == r.output for g, r in zip(gens, ref)),
              "differing_problems": [p.id for p, s in zip(probs, same) if not s]}
         r["ratio"] = round(r["tokens_per_s"] / ref_tps, 2)
         rows.append(r)
-        print(f"| llama.cpp {label} | {r['bytes'] / 1e6:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f}x | "
+        print(f"| llama.cpp {label}, {threads} thread(s) | {r['bytes'] / 1e6:.1f} | {r['tokens']} | {r['tokens_per_s']:.1f} | {r['ratio']:.2f}x | "
               f"{r['AS']:.1f} | {r['same_answers']}/{len(probs)} | {r['same_text']}/{len(probs)} |", flush=True)
     import shutil
 

@@ -152,3 +152,23 @@ def test_without_llama_cpp_the_backend_says_how_to_install(monkeypatch):
         llamacpp.require()
     assert "\n" not in str(e.value)
     assert not llamacpp.available()
+
+
+@pytest.mark.parametrize("cores, load, want", [
+    (2, 0.0, 2),    # idle: every core
+    (2, 0.6, 1),    # one core busy (rounded)
+    (2, 6.0, 1),    # oversubscribed: never below one thread
+    (16, 4.2, 12),  # a big machine: the idle cores
+    (4, None, 4),   # no load average (OSError): every core
+])
+def test_default_threads_are_the_idle_cores(monkeypatch, cores, load, want):
+    # ggml's threads spin at a barrier after every op: a thread parked behind another job stalls them all
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
+
+    def loadavg():
+        if load is None:
+            raise OSError("no load average")
+        return (load, load, load)
+
+    monkeypatch.setattr(os, "getloadavg", loadavg)
+    assert llamacpp.default_threads() == want

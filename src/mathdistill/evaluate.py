@@ -48,7 +48,8 @@ class EvalConfig(GenerationConfig):
     :class:`mathdistill.backends.GenerationConfig`)."""
 
     limit: int | None = Field(None, ge=1, description="score only the first N problems")
-    threads: int | None = Field(None, description="torch threads (None: all cores)")
+    threads: int | None = Field(None, description="torch threads (None: all cores); llama.cpp threads for backend "
+                                "llamacpp (None: the cores not already busy)")
     model_bytes: int | None = Field(None, ge=1, description="bytes of the served weights, for MLS when the model is not a local folder")
     reasoning_tags: list[tuple[str, str]] = Field(default_factory=lambda: list(REASONING_TAGS),
                                                   description="(open, close) tag pairs around the model's reasoning, "

@@ -161,6 +161,19 @@ class _Row:
     pos: int = 0
 
 
+def default_threads() -> int:
+    """llama.cpp threads when none are given: the cores not already busy (cores minus the 1-minute load average,
+    rounded; at least 1). ggml's threads wait for each other at a spinning barrier after every op, so one thread
+    that the OS parks behind another job stalls them all: on 2 cores at a load of ~6, 2 threads decoded 9 tokens/s
+    and 1 thread 39 (SmolLM2-135M f16, 16 sequences); llama.cpp's own advice is never to oversubscribe cores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except OSError:
+        busy = 0
+    return max(1, min(cores, cores - busy))
+
+
 def generate_parallel(gm: GGUFModel, prompts: list[list[int]], max_new_tokens: int, parallel: int = 32,
                       stop_at_answer: bool = True, threads: int | None = None, desc: str = "eval",
                       batch_tokens: int = 512) -> list[Generation]:
@@ -168,7 +181,7 @@ def generate_parallel(gm: GGUFModel, prompts: list[list[int]], max_new_tokens: i
 
     Up to ``parallel`` sequences decode together, one token each per ``llama_decode`` call; waiting prompts are
     prefilled in the same calls while slots are free (at most ``batch_tokens`` tokens a call, a longer prompt
-    alone). A prompt of at least the model's training context is ``prompt_too_long``; otherwise its budget is
+    alone). ``threads``: llama.cpp threads (None: :func:`default_threads`). A prompt of at least the model's training context is ``prompt_too_long``; otherwise its budget is
     ``min(max_new_tokens, context - prompt)``. Raises :class:`UserError` when llama.cpp cannot allocate the
     context (KV cache of ``parallel x (longest prompt + budget)`` cells)."""
     import numpy as np
@@ -193,7 +206,7 @@ def generate_parallel(gm: GGUFModel, prompts: list[list[int]], max_new_tokens: i
     cp.n_batch = cp.n_ubatch = n_batch
     cp.n_seq_max = n_seq
     cp.kv_unified = False  # each sequence attends over its own cells only
-    cp.n_threads = cp.n_threads_batch = threads or os.cpu_count() or 1
+    cp.n_threads = cp.n_threads_batch = threads or default_threads()
     cp.no_perf = True
     ctx = L.llama_init_from_model(gm.model, cp)
     if not ctx:
@@ -300,7 +313,7 @@ class LlamaCppBackend(Backend):
     @classmethod
     def from_config(cls, cfg: GenerationConfig, spec: ModelSpec) -> LlamaCppBackend:
         """From a :class:`mathdistill.backends.GenerationConfig` (``batch_size`` is the number of parallel
-        sequences); ``threads`` when the config has it (eval's), else all cores."""
+        sequences); ``threads`` when the config has it (eval's), else the idle cores (:func:`default_threads`)."""
         return cls(spec, cfg.max_new_tokens, cfg.batch_size, cfg.stop_at_answer, getattr(cfg, "threads", None), cfg.seed)
 
     def model_bytes(self) -> int | None:
@@ -310,7 +323,7 @@ class LlamaCppBackend(Backend):
         import llama_cpp
 
         return {"backend": self.name, "model_files": [str(self.path)], "llama_cpp_python": llama_cpp.__version__,
-                "parallel": self.parallel, "threads": self.threads or os.cpu_count(), "context": self.gm.n_ctx_train(),
+                "parallel": self.parallel, "threads": self.threads or default_threads(), "context": self.gm.n_ctx_train(),
                 "sampling": "greedy (argmax)", "seed": self.seed}
 
     def generate(self, problems: list[Problem]) -> list[Generation]:
