@@ -74,18 +74,38 @@ def _has_var(s: str) -> bool:
     return bool(re.search(r"[A-Za-z]", _COMMAND.sub("", s)))
 
 
+def _top_level(s: str) -> str:
+    """``s`` with what stands inside braces masked (``#``), so a ``=`` in ``_{k=0}`` is not an equation's."""
+    if "{" not in s:
+        return s
+    out, depth = [], 0
+    for ch in s:
+        if ch == "}":
+            depth -= 1
+        out.append(ch if depth <= 0 or ch in "{}" else "#")
+        if ch == "{":
+            depth += 1
+    return "".join(out)
+
+
 def _equation_answer(s: str) -> str:
     """``x = 5`` -> ``5``; ``3 + 5 = 8`` -> ``8``; ``x = -1 and x = 6`` -> ``-1, 6``; ``x = 1, y = 2`` ->
     ``(1, 2)``; an equation with variables on both sides (a line, a plane) is kept whole."""
-    if s.count("=") > 1:
+    top = _top_level(s)
+    if "=" not in top:
+        return s  # "\\sum_{k=0}^{n} F_k": no equation at the top level
+    if top.count("=") > 1:
         parts = _LIST_SEP.split(s)
         assigns = [_ASSIGN.fullmatch(p) for p in parts]
         if len(parts) > 1 and all(a is not None or "=" not in p for a, p in zip(assigns, parts)) and assigns[0]:
-            names = {a.group(1) for a in assigns if a}
-            values = ", ".join((a.group(2) if a else p).strip() for a, p in zip(assigns, parts))
-            return values if len(names) == 1 else f"({values})"
-    lhs, rhs = s.rsplit("=", 1)
-    if s.count("=") == 1:
+            names = [re.sub(r"[{}\s]", "", a.group(1)) if a else "" for a in assigns]
+            pairs = list(zip(names, [(a.group(2) if a else p).strip() for a, p in zip(assigns, parts)]))
+            if len({n.split("_")[0] for n in names if n}) == 1:  # x, or x_1 and x_2: the values of one unknown
+                return ", ".join(v for _, v in pairs)
+            return "(" + ", ".join(v for _, v in pairs) + ")"
+    cut = top.rindex("=")
+    lhs, rhs = s[:cut], s[cut + 1:]
+    if top.count("=") == 1:
         lvar, rvar = _has_var(lhs), _has_var(rhs)
         if lvar and not _NAME.fullmatch(lhs):
             return s  # "2x + y = 0": an equation (a line, a plane), not a value
@@ -239,6 +259,28 @@ def _last_formula(text: str) -> str | None:
     return next(g for g in last.groups() if g is not None)
 
 
+_STRUCTURED = re.compile(r"[,\\^/]|[<>]")
+
+
+def _phrase_after(text: str, pos: int) -> str | None:
+    """The answer of an "answer is" / "答案是" phrase that comes after ``pos`` (the last box): a box early in
+    the chain, then "Final Answer: The final answer is $10,455$" at the end. Only an answer with a digit or
+    LaTeX counts ("The answer is correct." after a box does not)."""
+    rest = text[pos:]
+    for pat, needle in ((_EN_PHRASE, "nswer"), (_ZH_PHRASE, "答案")):
+        if needle not in rest:
+            continue
+        m = None
+        for m in pat.finditer(text, pos):
+            pass
+        if m is None:
+            continue
+        ans = clean_answer(_after(text, m))
+        if ans is not None and "\\boxed" not in ans and _DIGIT_OR_TEX.search(ans):
+            return ans
+    return None
+
+
 def prepare(text: str) -> str:
     """The part of an output that is graded: before any chat token or new turn, outside ``<think>``, ASCII width."""
     return to_ascii(strip_think(cut_tail(text[-4 * MAX_TEXT_CHARS:])[-MAX_TEXT_CHARS:]))
@@ -262,7 +304,8 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
             return None, TOO_LONG
         ans = clean_answer(boxed)
         if ans is not None:
-            return ans, BOXED
+            later = _phrase_after(text, text.rfind("\\boxed"))
+            return (later, PHRASE) if later is not None else (ans, BOXED)
     cut = None  # looks_cut(text), computed when needed
     for pat, needle in ((_HASHES, "####"), (_EN_PHRASE, "nswer"), (_ZH_PHRASE, "答案")):
         if needle not in text and not (needle == "nswer" and "NSWER" in text):
@@ -302,6 +345,10 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
             text = zh_numbers(tail)  # a Chinese answer with its numbers in words
         elif "万" in tail or "亿" in tail:
             text = zh_multipliers(tail)  # 1.2 万元
+    if "$" in text or "\\" in text:
+        ans = clean_answer(_last_formula(text))
+        if ans is not None and _STRUCTURED.search(ans):
+            return ans, FORMULA  # "... the ordered pair is $(7, 6)$.": the pair, not its last number
     ans = last_number(text)
     if ans is None:
         return None, TOO_LONG if re.search(r"\d{%d}" % (MAX_DIGITS + 1), text[-200:]) else NONE_FOUND
