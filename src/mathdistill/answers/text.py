@@ -184,6 +184,7 @@ def max_depth(s: str) -> int:
 _ARG = r"(\{[^{}]*\}|\\[A-Za-z]+|[0-9A-Za-z])"  # one argument: {group}, a command, or one character
 _FRAC_SHORT = re.compile(r"\\[dt]?frac\s*" + _ARG + r"\s*" + _ARG)
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(?![\s{\[])" + _ARG)
+_SQRT_PAREN = re.compile(r"\\sqrt\s*\(([^()]*)\)")
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
 _SUP_RUN = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺]+")
 
@@ -199,7 +200,7 @@ def _braced(arg: str) -> str:
 
 
 def expand_shorthand(s: str) -> str:
-    """``\\frac34``, ``\\frac{3}4``, ``\\dfrac``, ``\\tfrac`` -> ``\\frac{3}{4}``; ``\\sqrt5`` -> ``\\sqrt{5}``;
+    """``\\frac34``, ``\\frac{3}4``, ``\\dfrac``, ``\\tfrac`` -> ``\\frac{3}{4}``; ``\\sqrt5``, ``\\sqrt(5)`` -> ``\\sqrt{5}``;
     Unicode superscripts ``10⁻⁵`` -> ``10^{-5}``; ``×``, ``·``, ``√``, ``π``, ``≤``, ``±``, ``½`` ... as LaTeX."""
     if not s.isascii():
         s = _SUP_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPT) + "}", s)
@@ -210,6 +211,8 @@ def expand_shorthand(s: str) -> str:
         if "frac" in s:
             s = _FRAC_SHORT.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
         if "\\sqrt" in s:
+            if "\\sqrt(" in s:
+                s = _SQRT_PAREN.sub(r"\\sqrt{\1}", s)  # "\\sqrt(2)": a root, not 4 times (2)
             s = _SQRT_SHORT.sub(lambda m: "\\sqrt" + _braced(m.group(1)), s)
     return s
 
