@@ -244,7 +244,7 @@ def _answer_only(text: str) -> bool:
 
 
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$([^$]+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
-_AFTER_FORMULA = re.compile(r"[\s.,;:!?]*(?:[A-Za-z][A-Za-z ,']{0,40})?[.!?]?\s*")
+_AFTER_FORMULA = re.compile(r"[\s.,;:!?。，！]*(?:[A-Za-z][A-Za-z ,']{0,40})?[.!?。！]?\s*")
 
 
 def _last_formula(text: str) -> str | None:
