@@ -259,7 +259,7 @@ def _last_formula(text: str) -> str | None:
     return next(g for g in last.groups() if g is not None)
 
 
-_STRUCTURED = re.compile(r"[,\\^/]|[<>]")
+_STRUCTURED = re.compile(r"^(?:\(|\[|\\\{|\\left).*,.*(?:\)|\]|\\\}|\\right.)$")  # a tuple, interval or set
 
 
 def _phrase_after(text: str, pos: int) -> str | None:
@@ -348,7 +348,8 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
     if "$" in text or "\\" in text:
         ans = clean_answer(_last_formula(text))
         if ans is not None and _STRUCTURED.search(ans):
-            return ans, FORMULA  # "... the ordered pair is $(7, 6)$.": the pair, not its last number
+            return ans, FORMULA  # "... the ordered pair is $(7, 6)$.": the pair, not its last number (a
+            # bare value keeps the last-number rule, as careful labels of MATH-500 outputs do)
     ans = last_number(text)
     if ans is None:
         return None, TOO_LONG if re.search(r"\d{%d}" % (MAX_DIGITS + 1), text[-200:]) else NONE_FOUND
