@@ -395,12 +395,29 @@ CLOSE_NUMBERS = [
     (r"答案是 $3\sqrt(5)$", r"3\sqrt{5}", True),
 ]
 
+# --- a reference that is a whole written solution; a decimal comma in prose; two-letter names (AB = 4)
+WRITTEN_FORMS = [
+    (r"A loss of $\boxed{28\%}$.",
+     "The stock keeps 90% then 80% of its value. Final Answer: The final answer is $28\%$. I hope it is correct. "
+     "Note: another approach is as follows:", True),
+    (r"A loss of $\boxed{72\%}$.",
+     "The stock keeps 90% then 80% of its value. Final Answer: The final answer is $28\%$. I hope it is correct. "
+     "Note: another approach is as follows:", False),
+    ("所以答案是 $\\boxed{15}$。", "先求出每人 5 个，三人共 15 个。最终答案是 15。下面给出另一种解法：设每人 x 个，则", True),
+    ("Il reste 2,74 $ au total.", "2.74", True),
+    ("Il reste 2,74 $ au total.", "74", False),
+    ("Es bleiben 3,5 kg übrig.", "3.5", True),
+    ("The two numbers are 12, 74", "74", True),  # a comma and a space: a list, its last number
+    (r"\boxed{AB = 4, CD = 5}", "4, 5", True),
+    (r"\boxed{AB = 4, CD = 6}", "4, 5", False),
+]
+
 FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,
             "lists": LISTS, "forms": FORMS, "number_forms": NUMBER_FORMS, "plus_minus": PLUS_MINUS, "points": POINTS, "matrices": MATRICES,
             "equations": EQUATIONS, "text_words": TEXT_WORDS, "choices": CHOICES, "chinese": CHINESE,
             "units": UNITS, "percent": PERCENT, "after_answer": AFTER_ANSWER, "no_answer": NO_ANSWER,
             "several_boxes": SEVERAL_BOXES, "later_answer": LATER_ANSWER, "named_values": NAMED_VALUES,
-            "close_numbers": CLOSE_NUMBERS}
+            "close_numbers": CLOSE_NUMBERS, "written_forms": WRITTEN_FORMS}
 ROWS = [pytest.param(o, r, e, id=f"{fam}-{i}") for fam, rows in FAMILIES.items() for i, (o, r, e) in enumerate(rows)]
 
 

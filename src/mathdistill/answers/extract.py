@@ -48,7 +48,7 @@ _LEAD = " \t;；,，!！:：、"  # not ".": ".25" is a number
 # what may follow a number in an answer without making it an expression: unit words, CJK, a clause
 _UNIT_TAIL = re.compile(r"(?:\s*[.,;:]?\s+(?:[A-Za-z\u3400-\u9fff]|\((?=[A-Za-z\u3400-\u9fff]{2}))|\s*[\u3400-\u9fff]"
                         r"|[A-Za-z]{2,}|\s+[A-Za-z]\b)")
-_ASSIGN = re.compile(r"\s*([A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=]+?)\s*")
+_ASSIGN = re.compile(r"\s*([A-Za-z]{1,2}(?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=]+?)\s*")
 # what a value is assigned to: x, x_1, a_{n}, f(x), g(2), \theta, (x, y), AB
 _NAME = re.compile(r"\s*(?:[A-Za-z]{1,2}(?:_\{?\w+\}?)?(?:\([^()]*\))?|\\[A-Za-z]+|\([A-Za-z,\s]+\))\s*")
 _VAR = re.compile(r"\s*[A-Za-z]\s*")
@@ -361,10 +361,21 @@ def extract_answer(text: str | None) -> str | None:
     return find_answer(text)[0]
 
 
+_SOLUTION_CHARS = 120  # a reference longer than this (a third for CJK) with an "answer is" phrase: a solution
+
+
 @lru_cache(maxsize=1 << 16)
 def as_answer(s: str) -> str | None:
     """An answer-ish string as the grader compares it: extracted when it is a whole solution (has
     ``####`` or ``\\boxed``), else cleaned as one answer span."""
     if "####" in s or "\\boxed" in s or "\\fbox" in s:
         return extract_answer(s)
+    if len(s) > (_SOLUTION_CHARS if s.isascii() else _SOLUTION_CHARS // 3) and ("nswer" in s or "答案" in s):
+        # a whole written solution ("... Final Answer: The final answer is $28\\%$. I hope it is correct. Note:
+        # ..."): its last stated answer; a reference is never "cut off", whatever follows
+        for pat in (_EN_PHRASE, _ZH_PHRASE):
+            for m in reversed(list(pat.finditer(s))[-3:]):
+                ans = clean_answer(_after(s, m))
+                if _accept(ans):
+                    return ans
     return clean_answer(s)
