@@ -409,7 +409,11 @@ WRITTEN_FORMS = [
     ("Es bleiben 3,5 kg übrig.", "3.5", True),
     ("The two numbers are 12, 74", "74", True),  # a comma and a space: a list, its last number
     (r"\boxed{AB = 4, CD = 5}", "4, 5", True),
-    (r"\boxed{AB = 4, CD = 6}", "4, 5", False),
+    (r"\boxed{AB = 4, CD = 6}", "4, 5", False),    # an output that is only a matrix (no $, no box) is that matrix
+    (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", True),
+    (r"\begin{pmatrix}1&2\\3&5\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", False),
+    (r"\begin{bmatrix}\frac{1}{2}\\-3\end{bmatrix}", r"\begin{pmatrix}1/2\\-3\end{pmatrix}", True),
+    (r"\begin{bmatrix}\frac{1}{2}\\-3\end{bmatrix}", "-3", False),
 ]
 
 FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,

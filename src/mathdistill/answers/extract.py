@@ -233,11 +233,14 @@ def _accept(ans: str | None) -> bool:
     return bool(_DIGIT_OR_TEX.search(ans)) or (len(ans.split()) <= 3 and len(ans) <= 24)
 
 
+_ENV = re.compile(r"\\(?:begin|end)\s*\{[A-Za-z*]+\}")
+
+
 def _answer_only(text: str) -> bool:
     """Is the whole (short) output an answer rather than a sentence: math, number words, units only?"""
     if len(text) > 200 or "\n" in text:
         return False
-    t = _COMMAND.sub(" ", _TEXT_CMD.sub(" ", text))
+    t = _COMMAND.sub(" ", _TEXT_CMD.sub(" ", _ENV.sub(" ", text)))
     if any(w.lower() not in _ANSWER_WORDS for w in re.findall(r"[A-Za-z]{2,}", t)):
         return False
     return all(c in _ZH_ANSWER_CHARS for c in re.findall(r"[\u3400-\u9fff]", t))
