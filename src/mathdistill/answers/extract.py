@@ -262,6 +262,7 @@ def _last_formula(text: str) -> str | None:
     return next(g for g in last.groups() if g is not None)
 
 
+_TAIL_CHARS = 3000  # a long output's final formula is looked for in its last this-many characters
 _STRUCTURED = re.compile(r"^(?:\(|\[|\\\{|\\left).*,.*(?:\)|\]|\\\}|\\right.)$")  # a tuple, interval or set
 
 
@@ -349,7 +350,10 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
         elif "万" in tail or "亿" in tail:
             text = zh_multipliers(tail)  # 1.2 万元
     if "$" in text or "\\" in text:
-        ans = clean_answer(_last_formula(text))
+        tail = text[-_TAIL_CHARS:]
+        if len(text) > _TAIL_CHARS and "\n\n" in tail:
+            tail = tail[tail.index("\n\n"):]  # from a paragraph start: no formula is cut in half
+        ans = clean_answer(_last_formula(tail))
         if ans is not None and _STRUCTURED.search(ans):
             return ans, FORMULA  # "... the ordered pair is $(7, 6)$.": the pair, not its last number (a
             # bare value keeps the last-number rule, as careful labels of MATH-500 outputs do)
