@@ -216,6 +216,13 @@ CHOICES = [
     ("I think the answer is B, but let me check. Actually the answer is C.", "B", False),
     ("A选项错误，B选项错误，C选项正确，故选C", "A", False),
     ("正确答案是 B 选项", "B", True),
+    # an output that opens with its marked choice, then explains
+    ("A. Because B is not valid", "A", True),
+    ("A. Because B is not valid", "B", False),
+    ("(C) 12, since the sum is 12", r"\text{(C) } 12", True),
+    ("B、因为甲的说法不对", "B", True),
+    ("B、因为甲的说法不对", "A", False),
+    ("A is wrong", "A", False),  # a bare letter in a sentence is no choice
 ]
 
 # --- Chinese number words and forms, full-width digits and signs
