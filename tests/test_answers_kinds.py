@@ -416,7 +416,13 @@ WRITTEN_FORMS = [
     ("Es bleiben 3,5 kg übrig.", "3.5", True),
     ("The two numbers are 12, 74", "74", True),  # a comma and a space: a list, its last number
     (r"\boxed{AB = 4, CD = 5}", "4, 5", True),
-    (r"\boxed{AB = 4, CD = 6}", "4, 5", False),    # an output that is only a matrix (no $, no box) is that matrix
+    (r"\boxed{AB = 4, CD = 6}", "4, 5", False),    # a polynomial written with spaces is no number followed by a unit letter
+    (r"\boxed{-2 x^{2} + 4 x + 3}", "-2x^2+4x+3", True),
+    (r"\boxed{-2 x^{2} + 4 x + 3}", "-2", False),
+    (r"所以 \boxed{3 x - 2}", "3x-2", True),
+    (r"所以 \boxed{3 x - 2}", "3", False),
+    (r"\boxed{12 \text{ m}^2}", "12", True),
+    # an output that is only a matrix (no $, no box) is that matrix
     (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", True),
     (r"\begin{pmatrix}1&2\\3&5\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", False),
     (r"\begin{bmatrix}\frac{1}{2}\\-3\end{bmatrix}", r"\begin{pmatrix}1/2\\-3\end{pmatrix}", True),

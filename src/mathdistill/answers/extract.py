@@ -48,6 +48,8 @@ _LEAD = " \t;；,，!！:：、"  # not ".": ".25" is a number
 # what may follow a number in an answer without making it an expression: unit words, CJK, a clause
 _UNIT_TAIL = re.compile(r"(?:\s*[.,;:]?\s+(?:[A-Za-z\u3400-\u9fff]|\((?=[A-Za-z\u3400-\u9fff]{2}))|\s*[\u3400-\u9fff]"
                         r"|[A-Za-z]{2,}|\s+[A-Za-z]\b)")
+# what makes "number letter ..." an expression rather than a number and its unit: a term joined by +, =, *
+_EXPR_REST = re.compile(r"[=+*]|\s-\s*[\dA-Za-z(]|[A-Za-z)}]\s*-\s*[\dA-Za-z(]")
 _ASSIGN = re.compile(r"\s*([A-Za-z]{1,2}(?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=]+?)\s*")
 # what a value is assigned to: x, x_1, a_{n}, f(x), g(2), \theta, (x, y), AB
 _NAME = re.compile(r"\s*(?:[A-Za-z]{1,2}(?:_\{?\w+\}?)?(?:\([^()]*\))?|\\[A-Za-z]+|\([A-Za-z,\s]+\))\s*")
@@ -164,8 +166,8 @@ def clean_answer(span: str | None) -> str | None:
     if paren:
         s = paren.group(1)  # "(8)", "(B)"; not "(1, 2)", an interval or a point
     m = PLAIN.match(s)
-    if m and (m.end() == len(s) or _UNIT_TAIL.match(s, m.end())):
-        return _plain_text(m)
+    if m and (m.end() == len(s) or (_UNIT_TAIL.match(s, m.end()) and not _EXPR_REST.search(s, m.end()))):
+        return _plain_text(m)  # "18 dollars", "12 cm^2"; not "-2 x^{2}+4 x+3", a polynomial
     if re.match(r"[A-Za-z\u3400-\u9fff]{2,}", s) and "\\" not in s:
         # a sentence ("John has 5 apples left", "一共 8 个"): its first number, if any
         m = next((x for x in PLAIN.finditer(s) if not _glued(s, x)), None)
