@@ -216,6 +216,13 @@ CHOICES = [
     ("I think the answer is B, but let me check. Actually the answer is C.", "B", False),
     ("A选项错误，B选项错误，C选项正确，故选C", "A", False),
     ("正确答案是 B 选项", "B", True),
+    # an output that opens with its marked choice, then explains
+    ("A. Because B is not valid", "A", True),
+    ("A. Because B is not valid", "B", False),
+    ("(C) 12, since the sum is 12", r"\text{(C) } 12", True),
+    ("B、因为甲的说法不对", "B", True),
+    ("B、因为甲的说法不对", "A", False),
+    ("A is wrong", "A", False),  # a bare letter in a sentence is no choice
 ]
 
 # --- Chinese number words and forms, full-width digits and signs
@@ -333,10 +340,101 @@ NO_ANSWER = [
     ("She pays $18 for the books.", "18", True),  # a currency sign is no open formula
 ]
 
+# --- several boxes that together are one answer ("\boxed{2} and \boxed{5}", "y_1 = \boxed{..}, y_2 = \boxed{..}")
+SEVERAL_BOXES = [
+    (r"The roots are \[ \boxed{5} \quad \text{and} \quad \boxed{-3}. \]", "-3, 5", True),
+    (r"So \(\boxed{2}\) and \(\boxed{7}\).", r"x = 7 \text{ or } x = 2", True),
+    (r"\boxed{(1, 4)} \text{ for part (a) and } \boxed{(2, 9)}", "(1, 4), (2, 9)", True),
+    (r"\(a = \boxed{3}\) and \(b = \boxed{8}\)", "a = 3, b = 8", True),
+    (r"It takes \boxed{4} trucks and \boxed{6} vans.", r"\boxed{4} trucks, \boxed{6} vans", True),
+    (r"所以 \boxed{3} 和 \boxed{-1}", "-1, 3", True),
+    (r"\boxed{x = 2} \quad \text{and} \quad \boxed{y = 5}", "x = 2, y = 5", True),
+    # look-alikes: a box, then a correction or a check, is one answer (the last)
+    (r"The roots are \boxed{5} and \boxed{-4}.", "-3, 5", False),
+    (r"\boxed{3} is wrong, so \boxed{5}", "5", True),
+    (r"\boxed{3} is wrong, so \boxed{5}", "3, 5", False),
+    (r"First \boxed{12}, then after checking, \boxed{18}", "18", True),
+    (r"先得 \boxed{12}，检查后改为 \boxed{18}", "18", True),
+    (r"\boxed{a = 3} \quad \text{and} \quad \boxed{b = 9}", "a = 3, b = 8", False),
+]
+
+# --- a later "The final answer is ..." after a box earlier in the chain; a final structured formula
+LATER_ANSWER = [
+    (r"Interest: $\boxed{255}$. Total: 10,200 + 255 = 10,455. Final Answer: The final answer is $10,455$.",
+     "10455", True),
+    (r"Interest: $\boxed{255}$. Total: 10,200 + 255 = 10,455. Final Answer: The final answer is $10,455$.",
+     "255", False),
+    (r"第一步 \boxed{12}。再加 6 得 18。答案是 18。", "18", True),
+    (r"So the sum is \boxed{42}. The answer is correct.", "42", True),  # no number after the phrase: the box
+    ("Substituting back, y = 8.8 - 2.8 = 6. " * 30 + r"So the ordered pair that solves it is $(7, 6)$.", "(7, 6)",
+     True),
+    ("Substituting back, y = 8.8 - 2.8 = 6. " * 30 + r"So the ordered pair that solves it is $(7, 6)$.", "6",
+     False),
+    ("代入得 y = 6。" * 30 + r"所以有序数对是 $(7, 6)$。", "(7, 6)", True),
+]
+
+# --- equals signs inside braces are no equation; named values; roots x_1, x_2 as a list
+NAMED_VALUES = [
+    (r"$S_n = \sum_{k=1}^{n} k^2$", r"S_n = \sum_{k=1}^{n} k^2", True),
+    (r"$S_n = \sum_{k=1}^{n} k^3$", r"S_n = \sum_{k=1}^{n} k^2", False),
+    (r"$\prod_{i=1}^{4} i$", "24", True),
+    (r"\boxed{x_2 = -1, \quad x_1 = 3}", r"x_1 = 3, x_2 = -1", True),
+    (r"\boxed{a_{10} = 7, a_2 = 1}", r"a_2 = 1, a_{10} = 7", True),
+    (r"\boxed{x_1 = 3, x_2 = 1}", r"x_1 = 3, x_2 = -1", False),
+    (r"\boxed{x = -5, p = \frac{14}{3}}", r"-5, \frac{14}{3}", True),
+    (r"\boxed{x = 1, y = 2}", "(1, 2)", True),
+    (r"\boxed{x = 2, y = 1}", "(1, 2)", False),
+]
+
+# --- numbers math-verify would round together; sequences; roots written with parentheses
+CLOSE_NUMBERS = [
+    (r"$\frac{1}{2^{20}}$", r"\frac{1}{2^{21}}", False),
+    (r"$\frac{1}{10!}$", r"\frac{1}{11!}", False),
+    (r"$\frac{1}{3 \cdot 2^{40}}$", r"\frac{2^{39}+1}{3 \cdot 2^{40}}", False),
+    (r"$\frac{1}{2^{20}}$", r"2^{-20}", True),
+    ("0.0000012", "0.0000013", False),
+    (r"$\frac{1}{1000000}$", "0.000001", True),
+    (r"$1, 4, 9, \ldots, n^2$", r"1, 2, 3, \ldots, n", False),
+    (r"$1, 2, \dots, n$", r"1, 2, \ldots, n", True),
+    (r"$2:4:6:\cdots$", r"1:2:3:\ldots", False),
+    (r"$4\sqrt(2)$", "4", False),
+    (r"$4\sqrt(2)$", r"4\sqrt{2}", True),
+    (r"答案是 $3\sqrt(5)$", r"3\sqrt{5}", True),
+]
+
+# --- a reference that is a whole written solution; a decimal comma in prose; two-letter names (AB = 4)
+WRITTEN_FORMS = [
+    (r"A loss of $\boxed{28\%}$.",
+     "The stock keeps 90% then 80% of its value. Final Answer: The final answer is $28\%$. I hope it is correct. "
+     "Note: another approach is as follows:", True),
+    (r"A loss of $\boxed{72\%}$.",
+     "The stock keeps 90% then 80% of its value. Final Answer: The final answer is $28\%$. I hope it is correct. "
+     "Note: another approach is as follows:", False),
+    ("所以答案是 $\\boxed{15}$。", "先求出每人 5 个，三人共 15 个。最终答案是 15。下面给出另一种解法：设每人 x 个，则", True),
+    ("Il reste 2,74 $ au total.", "2.74", True),
+    ("Il reste 2,74 $ au total.", "74", False),
+    ("Es bleiben 3,5 kg übrig.", "3.5", True),
+    ("The two numbers are 12, 74", "74", True),  # a comma and a space: a list, its last number
+    (r"\boxed{AB = 4, CD = 5}", "4, 5", True),
+    (r"\boxed{AB = 4, CD = 6}", "4, 5", False),    # a polynomial written with spaces is no number followed by a unit letter
+    (r"\boxed{-2 x^{2} + 4 x + 3}", "-2x^2+4x+3", True),
+    (r"\boxed{-2 x^{2} + 4 x + 3}", "-2", False),
+    (r"所以 \boxed{3 x - 2}", "3x-2", True),
+    (r"所以 \boxed{3 x - 2}", "3", False),
+    (r"\boxed{12 \text{ m}^2}", "12", True),
+    # an output that is only a matrix (no $, no box) is that matrix
+    (r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", True),
+    (r"\begin{pmatrix}1&2\\3&5\end{pmatrix}", r"\begin{pmatrix}1&2\\3&4\end{pmatrix}", False),
+    (r"\begin{bmatrix}\frac{1}{2}\\-3\end{bmatrix}", r"\begin{pmatrix}1/2\\-3\end{pmatrix}", True),
+    (r"\begin{bmatrix}\frac{1}{2}\\-3\end{bmatrix}", "-3", False),
+]
+
 FAMILIES = {"shorthand": SHORTHAND, "leading_dot": LEADING_DOT, "sign": SIGN, "intervals": INTERVALS,
             "lists": LISTS, "forms": FORMS, "number_forms": NUMBER_FORMS, "plus_minus": PLUS_MINUS, "points": POINTS, "matrices": MATRICES,
             "equations": EQUATIONS, "text_words": TEXT_WORDS, "choices": CHOICES, "chinese": CHINESE,
-            "units": UNITS, "percent": PERCENT, "after_answer": AFTER_ANSWER, "no_answer": NO_ANSWER}
+            "units": UNITS, "percent": PERCENT, "after_answer": AFTER_ANSWER, "no_answer": NO_ANSWER,
+            "several_boxes": SEVERAL_BOXES, "later_answer": LATER_ANSWER, "named_values": NAMED_VALUES,
+            "close_numbers": CLOSE_NUMBERS, "written_forms": WRITTEN_FORMS}
 ROWS = [pytest.param(o, r, e, id=f"{fam}-{i}") for fam, rows in FAMILIES.items() for i, (o, r, e) in enumerate(rows)]
 
 

@@ -2,8 +2,9 @@
 
 A reference is a choice when it is a letter A-E alone or marked as one: ``B``, ``(B)``, ``\\text{(D)}``,
 ``\\text{(D) } 12``, ``B. 12``. An output's choice is the last *anchored* one: a ``\\boxed{}`` that starts
-with a letter, "the answer is (C)", "Answer: C", "option C is correct", "故选 A", "答案为 B"; a bare letter
-elsewhere ("A is wrong") is never a choice.
+with a letter, "the answer is (C)", "Answer: C", "option C is correct", "故选 A", "答案为 B"; else an output
+that opens with a marked letter ("A. Because ...", "(C) 12, since ..."); a bare letter elsewhere ("A is
+wrong") is never a choice.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ _ANCHORED = re.compile("|".join([
     r"(?:故|所以|因此)?(?:应|只能)?选(?:择|项)?(?:为|是)?\s*[:：]?\s*" + _L,
     r"答案\s*(?:应该|应)?(?:是|为|选)?\s*[:：]?\s*" + _L + r"(?![A-Za-z])",
 ]), re.I)
+
+
+# an output that opens with its marked choice and then explains it
+_OPENING = re.compile(r"\s*(?:\(([A-E])\)|([A-E])\s*[.:)、,，])(?=\s*\S)")
 
 
 def _plain(s: str) -> str:
@@ -69,4 +74,7 @@ def output_choice(text: str) -> str | None:
         return next(g for g in last.groups() if g)
     s = _plain(text).strip(" .。") if len(text) <= 60 else ""
     m = re.fullmatch(r"\(?([A-E])\)?", s)  # an output that is only a letter: "(B)", "C."
-    return m.group(1) if m else None
+    if m:
+        return m.group(1)
+    m = _OPENING.match(_MARKUP.sub("", text[:200]))  # "A. Because B is not valid", "(C) 12, since ..."
+    return (m.group(1) or m.group(2)) if m else None

@@ -48,7 +48,9 @@ _LEAD = " \t;；,，!！:：、"  # not ".": ".25" is a number
 # what may follow a number in an answer without making it an expression: unit words, CJK, a clause
 _UNIT_TAIL = re.compile(r"(?:\s*[.,;:]?\s+(?:[A-Za-z\u3400-\u9fff]|\((?=[A-Za-z\u3400-\u9fff]{2}))|\s*[\u3400-\u9fff]"
                         r"|[A-Za-z]{2,}|\s+[A-Za-z]\b)")
-_ASSIGN = re.compile(r"\s*([A-Za-z](?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=]+?)\s*")
+# what makes "number letter ..." an expression rather than a number and its unit: a term joined by +, =, *
+_EXPR_REST = re.compile(r"[=+*]|\s-\s*[\dA-Za-z(]|[A-Za-z)}]\s*-\s*[\dA-Za-z(]")
+_ASSIGN = re.compile(r"\s*([A-Za-z]{1,2}(?:_\{?\w+\}?)?|\\[A-Za-z]+)\s*=\s*([^=]+?)\s*")
 # what a value is assigned to: x, x_1, a_{n}, f(x), g(2), \theta, (x, y), AB
 _NAME = re.compile(r"\s*(?:[A-Za-z]{1,2}(?:_\{?\w+\}?)?(?:\([^()]*\))?|\\[A-Za-z]+|\([A-Za-z,\s]+\))\s*")
 _VAR = re.compile(r"\s*[A-Za-z]\s*")
@@ -74,18 +76,38 @@ def _has_var(s: str) -> bool:
     return bool(re.search(r"[A-Za-z]", _COMMAND.sub("", s)))
 
 
+def _top_level(s: str) -> str:
+    """``s`` with what stands inside braces masked (``#``), so a ``=`` in ``_{k=0}`` is not an equation's."""
+    if "{" not in s:
+        return s
+    out, depth = [], 0
+    for ch in s:
+        if ch == "}":
+            depth -= 1
+        out.append(ch if depth <= 0 or ch in "{}" else "#")
+        if ch == "{":
+            depth += 1
+    return "".join(out)
+
+
 def _equation_answer(s: str) -> str:
     """``x = 5`` -> ``5``; ``3 + 5 = 8`` -> ``8``; ``x = -1 and x = 6`` -> ``-1, 6``; ``x = 1, y = 2`` ->
     ``(1, 2)``; an equation with variables on both sides (a line, a plane) is kept whole."""
-    if s.count("=") > 1:
+    top = _top_level(s)
+    if "=" not in top:
+        return s  # "\\sum_{k=0}^{n} F_k": no equation at the top level
+    if top.count("=") > 1:
         parts = _LIST_SEP.split(s)
         assigns = [_ASSIGN.fullmatch(p) for p in parts]
         if len(parts) > 1 and all(a is not None or "=" not in p for a, p in zip(assigns, parts)) and assigns[0]:
-            names = {a.group(1) for a in assigns if a}
-            values = ", ".join((a.group(2) if a else p).strip() for a, p in zip(assigns, parts))
-            return values if len(names) == 1 else f"({values})"
-    lhs, rhs = s.rsplit("=", 1)
-    if s.count("=") == 1:
+            names = [re.sub(r"[{}\s]", "", a.group(1)) if a else "" for a in assigns]
+            pairs = list(zip(names, [(a.group(2) if a else p).strip() for a, p in zip(assigns, parts)]))
+            if len({n.split("_")[0] for n in names if n}) == 1:  # x, or x_1 and x_2: the values of one unknown
+                return ", ".join(v for _, v in pairs)
+            return "(" + ", ".join(v for _, v in pairs) + ")"
+    cut = top.rindex("=")
+    lhs, rhs = s[:cut], s[cut + 1:]
+    if top.count("=") == 1:
         lvar, rvar = _has_var(lhs), _has_var(rhs)
         if lvar and not _NAME.fullmatch(lhs):
             return s  # "2x + y = 0": an equation (a line, a plane), not a value
@@ -144,8 +166,8 @@ def clean_answer(span: str | None) -> str | None:
     if paren:
         s = paren.group(1)  # "(8)", "(B)"; not "(1, 2)", an interval or a point
     m = PLAIN.match(s)
-    if m and (m.end() == len(s) or _UNIT_TAIL.match(s, m.end())):
-        return _plain_text(m)
+    if m and (m.end() == len(s) or (_UNIT_TAIL.match(s, m.end()) and not _EXPR_REST.search(s, m.end()))):
+        return _plain_text(m)  # "18 dollars", "12 cm^2"; not "-2 x^{2}+4 x+3", a polynomial
     if re.match(r"[A-Za-z\u3400-\u9fff]{2,}", s) and "\\" not in s:
         # a sentence ("John has 5 apples left", "一共 8 个"): its first number, if any
         m = next((x for x in PLAIN.finditer(s) if not _glued(s, x)), None)
@@ -213,18 +235,21 @@ def _accept(ans: str | None) -> bool:
     return bool(_DIGIT_OR_TEX.search(ans)) or (len(ans.split()) <= 3 and len(ans) <= 24)
 
 
+_ENV = re.compile(r"\\(?:begin|end)\s*\{[A-Za-z*]+\}")
+
+
 def _answer_only(text: str) -> bool:
     """Is the whole (short) output an answer rather than a sentence: math, number words, units only?"""
     if len(text) > 200 or "\n" in text:
         return False
-    t = _COMMAND.sub(" ", _TEXT_CMD.sub(" ", text))
+    t = _COMMAND.sub(" ", _TEXT_CMD.sub(" ", _ENV.sub(" ", text)))
     if any(w.lower() not in _ANSWER_WORDS for w in re.findall(r"[A-Za-z]{2,}", t)):
         return False
     return all(c in _ZH_ANSWER_CHARS for c in re.findall(r"[\u3400-\u9fff]", t))
 
 
 _MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\$([^$]+)\$|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.S)
-_AFTER_FORMULA = re.compile(r"[\s.,;:!?]*(?:[A-Za-z][A-Za-z ,']{0,40})?[.!?]?\s*")
+_AFTER_FORMULA = re.compile(r"[\s.,;:!?。，！]*(?:[A-Za-z][A-Za-z ,']{0,40})?[.!?。！]?\s*")
 
 
 def _last_formula(text: str) -> str | None:
@@ -237,6 +262,29 @@ def _last_formula(text: str) -> str | None:
     if last is None or not _AFTER_FORMULA.fullmatch(text, last.end()):
         return None
     return next(g for g in last.groups() if g is not None)
+
+
+_TAIL_CHARS = 3000  # a long output's final formula is looked for in its last this-many characters
+_STRUCTURED = re.compile(r"^(?:\(|\[|\\\{|\\left).*,.*(?:\)|\]|\\\}|\\right.)$")  # a tuple, interval or set
+
+
+def _phrase_after(text: str, pos: int) -> str | None:
+    """The answer of an "answer is" / "答案是" phrase that comes after ``pos`` (the last box): a box early in
+    the chain, then "Final Answer: The final answer is $10,455$" at the end. Only an answer with a digit or
+    LaTeX counts ("The answer is correct." after a box does not)."""
+    rest = text[pos:]
+    for pat, needle in ((_EN_PHRASE, "nswer"), (_ZH_PHRASE, "答案")):
+        if needle not in rest:
+            continue
+        m = None
+        for m in pat.finditer(text, pos):
+            pass
+        if m is None:
+            continue
+        ans = clean_answer(_after(text, m))
+        if ans is not None and "\\boxed" not in ans and _DIGIT_OR_TEX.search(ans):
+            return ans
+    return None
 
 
 def prepare(text: str) -> str:
@@ -262,7 +310,8 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
             return None, TOO_LONG
         ans = clean_answer(boxed)
         if ans is not None:
-            return ans, BOXED
+            later = _phrase_after(text, text.rfind("\\boxed"))
+            return (later, PHRASE) if later is not None else (ans, BOXED)
     cut = None  # looks_cut(text), computed when needed
     for pat, needle in ((_HASHES, "####"), (_EN_PHRASE, "nswer"), (_ZH_PHRASE, "答案")):
         if needle not in text and not (needle == "nswer" and "NSWER" in text):
@@ -302,6 +351,14 @@ def find_answer(text: str | None) -> tuple[str | None, str]:
             text = zh_numbers(tail)  # a Chinese answer with its numbers in words
         elif "万" in tail or "亿" in tail:
             text = zh_multipliers(tail)  # 1.2 万元
+    if "$" in text or "\\" in text:
+        tail = text[-_TAIL_CHARS:]
+        if len(text) > _TAIL_CHARS and "\n\n" in tail:
+            tail = tail[tail.index("\n\n"):]  # from a paragraph start: no formula is cut in half
+        ans = clean_answer(_last_formula(tail))
+        if ans is not None and _STRUCTURED.search(ans):
+            return ans, FORMULA  # "... the ordered pair is $(7, 6)$.": the pair, not its last number (a
+            # bare value keeps the last-number rule, as careful labels of MATH-500 outputs do)
     ans = last_number(text)
     if ans is None:
         return None, TOO_LONG if re.search(r"\d{%d}" % (MAX_DIGITS + 1), text[-200:]) else NONE_FOUND
@@ -313,10 +370,21 @@ def extract_answer(text: str | None) -> str | None:
     return find_answer(text)[0]
 
 
+_SOLUTION_CHARS = 120  # a reference longer than this (a third for CJK) with an "answer is" phrase: a solution
+
+
 @lru_cache(maxsize=1 << 16)
 def as_answer(s: str) -> str | None:
     """An answer-ish string as the grader compares it: extracted when it is a whole solution (has
     ``####`` or ``\\boxed``), else cleaned as one answer span."""
     if "####" in s or "\\boxed" in s or "\\fbox" in s:
         return extract_answer(s)
+    if len(s) > (_SOLUTION_CHARS if s.isascii() else _SOLUTION_CHARS // 3) and ("nswer" in s or "答案" in s):
+        # a whole written solution ("... Final Answer: The final answer is $28\\%$. I hope it is correct. Note:
+        # ..."): its last stated answer; a reference is never "cut off", whatever follows
+        for pat in (_EN_PHRASE, _ZH_PHRASE):
+            for m in reversed(list(pat.finditer(s))[-3:]):
+                ans = clean_answer(_after(s, m))
+                if _accept(ans):
+                    return ans
     return clean_answer(s)

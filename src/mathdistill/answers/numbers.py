@@ -141,6 +141,9 @@ def decimal_comma(a: str, b: str) -> tuple[str, str]:
     return a, b
 
 
+_GLUED_COMMA = re.compile(r"(?<![\d,.])(-?\d+),$")
+
+
 def last_number(text: str) -> str | None:
     """The last number in ``text``: ``-`` counts as a sign where it is not a minus between terms ("is -7"
     keeps it, "3 - 6" does not); ``a/b`` stays a fraction. None when there is none, or it has too many digits."""
@@ -155,6 +158,11 @@ def last_number(text: str) -> str | None:
     m = found[-1]
     if len(m.group("num")) > MAX_DIGITS:
         return None
+    glued = _GLUED_COMMA.search(text, max(0, m.start() - 24), m.start())
+    if glued and not m.group("neg") and not m.group("den") and re.fullmatch(r"\d{1,2}", m.group("num")):
+        # "2,74 $": a decimal comma (or a list written without spaces) is kept whole; the comparison
+        # decides with the reference (decimal_comma): "2,74" equals 2.74, not 74
+        return glued.group(1) + "," + m.group("num")
     neg = bool(m.group("neg")) and _is_sign(text, m.start(), m.group("neg") == "-")
     out = ("-" if neg else "") + m.group("num").replace(",", "")
     if m.group("den"):

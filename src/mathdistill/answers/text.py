@@ -97,7 +97,34 @@ def last_boxed(text: str) -> str | None:
     return None  # unbalanced: the output was cut
 
 
-_BOX_GAP = re.compile(r"[\s,;$.]*(?:and|or|\\text\{\s*(?:and|or)\s*\}|\\quad|\\qquad)?[\s,;$]*(?:[A-Za-z]\s*=\s*)?")
+# what may stand between boxes that together are one answer ("\boxed{1} and \boxed{-2}",
+# "\boxed{2} \quad \text{and} \quad \boxed{6}", "\(\boxed{1}\) papers and \(\boxed{2}\)", "y_1 = \boxed{..} and y_2 = ")
+_BOX_GAP_TOKEN = re.compile(r"[\s,;$.:]+|\\q?quad|\\[()\[\]]|\\text\{[^{}\d]{0,30}\}|\band\b|\bor\b|和|或|以及|及|"
+                            r"[A-Za-z](?:_\{?\w{1,3}\}?)?\s*=|[A-Za-z]{1,12}|\([a-z]\)")
+_BOX_SEP = re.compile(r",|;|\band\b|\bor\b|和|或|及|\\q?quad")
+_SENTENCE_WORDS = {"is", "are", "was", "were", "not", "no", "wrong", "incorrect", "but", "so", "then", "thus", "hence",
+                   "therefore", "the", "answer", "gives", "get", "gets", "becomes", "final", "instead", "actually",
+                   "wait", "correct", "corrected", "correction", "revised", "fixed", "recheck", "check", "mistake", "error", "if", "than"}
+_BOX_GAP_WORDS = 2  # at most this many other words ("papers", "for part (a)") between boxes
+
+
+def _box_gap(gap: str) -> bool:
+    """Is ``gap`` only a separator between boxes of one answer (a comma, "and", ``\\quad``, a name ``=``,
+    at most two other words) rather than a sentence?"""
+    if len(gap) > 80:
+        return False
+    toks = []
+    i = 0
+    while i < len(gap):
+        m = _BOX_GAP_TOKEN.match(gap, i)
+        if m is None:
+            return False
+        toks.append(m.group(0))
+        i = m.end()
+    words = [t.lower() for t in toks if t.isalpha() and t.isascii() and t not in ("and", "or")]
+    if any(w in _SENTENCE_WORDS for w in words):
+        return False  # "\\boxed{3} is wrong, \\boxed{5}": a correction, not a list
+    return not gap.strip() or (bool(_BOX_SEP.search(gap)) and len(words) <= _BOX_GAP_WORDS)
 
 
 def _box_at(text: str, idx: int) -> tuple[str, int] | None:
@@ -134,7 +161,7 @@ def final_boxes(text: str) -> str | None:
         return last
     parts = [spans[-1]]
     for prev in reversed(spans[:-1]):
-        if prev[1] > parts[0][0] or not _BOX_GAP.fullmatch(window[prev[1]: parts[0][0]]):
+        if prev[1] > parts[0][0] or not _box_gap(window[prev[1]: parts[0][0]]):
             break
         parts.insert(0, prev)
     return ", ".join(p[2] for p in parts) if len(parts) > 1 else last
@@ -157,6 +184,7 @@ def max_depth(s: str) -> int:
 _ARG = r"(\{[^{}]*\}|\\[A-Za-z]+|[0-9A-Za-z])"  # one argument: {group}, a command, or one character
 _FRAC_SHORT = re.compile(r"\\[dt]?frac\s*" + _ARG + r"\s*" + _ARG)
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(?![\s{\[])" + _ARG)
+_SQRT_PAREN = re.compile(r"\\sqrt\s*\(([^()]*)\)")
 _SUPERSCRIPT = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺", "0123456789-+")
 _SUP_RUN = re.compile(r"[⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁺]+")
 
@@ -172,7 +200,7 @@ def _braced(arg: str) -> str:
 
 
 def expand_shorthand(s: str) -> str:
-    """``\\frac34``, ``\\frac{3}4``, ``\\dfrac``, ``\\tfrac`` -> ``\\frac{3}{4}``; ``\\sqrt5`` -> ``\\sqrt{5}``;
+    """``\\frac34``, ``\\frac{3}4``, ``\\dfrac``, ``\\tfrac`` -> ``\\frac{3}{4}``; ``\\sqrt5``, ``\\sqrt(5)`` -> ``\\sqrt{5}``;
     Unicode superscripts ``10⁻⁵`` -> ``10^{-5}``; ``×``, ``·``, ``√``, ``π``, ``≤``, ``±``, ``½`` ... as LaTeX."""
     if not s.isascii():
         s = _SUP_RUN.sub(lambda m: "^{" + m.group(0).translate(_SUPERSCRIPT) + "}", s)
@@ -183,6 +211,8 @@ def expand_shorthand(s: str) -> str:
         if "frac" in s:
             s = _FRAC_SHORT.sub(lambda m: "\\frac" + _braced(m.group(1)) + _braced(m.group(2)), s)
         if "\\sqrt" in s:
+            if "\\sqrt(" in s:
+                s = _SQRT_PAREN.sub(r"\\sqrt{\1}", s)  # "\\sqrt(2)": a root, not 4 times (2)
             s = _SQRT_SHORT.sub(lambda m: "\\sqrt" + _braced(m.group(1)), s)
     return s
 

@@ -107,8 +107,25 @@ def _mv_compare(reference: str, answer: str, float_rounding: int, timeout: int |
     pred = parse(f"${answer}$", parsing_timeout=timeout, raise_on_error=True)
     if not gold or not pred:
         return False
-    return bool(verify(gold, pred, float_rounding=float_rounding, timeout_seconds=timeout, raise_on_error=True,
-                       allow_set_relation_comp=True))
+    ok = bool(verify(gold, pred, float_rounding=float_rounding, timeout_seconds=timeout, raise_on_error=True,
+                     allow_set_relation_comp=True))
+    return ok and not _tiny_apart(gold[0], pred[0], float_rounding)
+
+
+def _tiny_apart(g, p, float_rounding: int) -> bool:
+    """Two numbers (one small) math-verify found equal only because both round alike at ``float_rounding``
+    decimals (``1/2^{99}`` vs ``1/2^{98}``, ``1/2004!`` vs ``1/2006!``): apart when their ratio is not ~1."""
+    import sympy
+
+    try:
+        if not (isinstance(g, sympy.Expr) and isinstance(p, sympy.Expr) and g.is_number and p.is_number):
+            return False
+        gv, pv = abs(sympy.N(g, 30)), abs(sympy.N(p, 30))
+        if min(gv, pv) >= sympy.Float(10) ** (-float_rounding + 2) or gv == 0 or pv == 0:
+            return False  # neither is small: math-verify's rounding decides
+        return bool(abs(sympy.N(p - g, 30)) > sympy.Float(10) ** (-float_rounding) * max(gv, pv))
+    except (TypeError, ValueError, ArithmeticError):
+        return False
 
 
 @lru_cache(maxsize=1 << 14)
@@ -152,6 +169,7 @@ def _math_verify(reference: str, answer: str, opts: GradeOptions) -> bool:
 # ------------------------------------------------------------------------------------------ equivalence
 
 _DIGIT_OR_TEX = re.compile(r"[\d\\]")
+_ELLIPSIS = re.compile(r"\\[lc]?dots|\\ldotp|\.\.\.|…")
 
 
 def _compare(a: str, r: str, opts: GradeOptions, st: GradeStats) -> tuple[bool, str]:
@@ -178,6 +196,9 @@ def _compare(a: str, r: str, opts: GradeOptions, st: GradeStats) -> tuple[bool, 
     if (na is not None and not _DIGIT_OR_TEX.search(r)) or (nr is not None and not _DIGIT_OR_TEX.search(a)):
         st.fast_number += 1  # a number against text without digits or LaTeX ("John", "yes")
         return False, RULE_NUMBER
+    if _ELLIPSIS.search(a) or _ELLIPSIS.search(r):  # "1, 2, \\ldots, n": a pattern math-verify cannot read
+        st.fast_string += 1
+        return _ELLIPSIS.sub("...", _canon(a)) == _ELLIPSIS.sub("...", _canon(r)), RULE_STRING
     if not opts.use_math_verify:
         st.fast_string += 1
         return False, RULE_STRING
