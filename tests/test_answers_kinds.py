@@ -316,6 +316,15 @@ AFTER_ANSWER = [
     ("The result is 42.</s><s>[INST] next [/INST] 7", "42", True),
     ("The answer is 42.\nQ: What is 3+4?\nA: The answer is 7.", "42", True),
     ("The answer is 42.\nQ: What is 3+4?\nA: The answer is 7.", "7", False),
+    # the next few-shot turn on the same line, right after a finished sentence
+    ("The answer is 5. Question: What is 2+2? The answer is 4.", "5", True),
+    ("The answer is 5. Question: What is 2+2? The answer is 4.", "4", False),
+    ("So the total is 12! Human: and 3+3? Assistant: 6", "12", True),
+    ("答案是 5。问题：2+2 等于多少？答案是 4", "5", True),
+    ("答案是 5。问题：2+2 等于多少？答案是 4", "4", False),
+    # a chain that names the question's parts is not cut there
+    ("Re-read the problem. Problem: 3 apples plus 4 apples. So 3 + 4 = 7. The answer is 7.", "7", True),
+    ("The question: how many are left? 10 - 3 = 7. The answer is 7.", "7", True),
 ]
 
 # --- no answer given: cut mid-chain, "cannot be determined"

@@ -48,8 +48,10 @@ def strip_think(text: str) -> str:
 # chat-template and end-of-text tokens: whatever follows one is not this answer
 _CHAT_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end|>", "<|user|>",
                 "<|assistant|>", "<|end_of_solution|>", "<｜end▁of▁sentence｜>", "</s>", "<|start_header_id|>")
-# a new turn or a new few-shot question at the start of a line
-_NEW_TURN = re.compile(r"\n[ \t]*(?:#+\s*)?(?:\*\*)?(?:Question|Human|User|Problem|Q|问题|题目|用户)(?:\*\*)?\s*(?:\d+\s*)?[:：]")
+# a new turn or a new few-shot question at the start of a line, or right after a finished sentence on the same
+# line ("... is 5. Question: ..."; there only the unambiguous names, not "Problem:" or "Q:", which a chain may use)
+_NEW_TURN = re.compile(r"\n[ \t]*(?:#+\s*)?(?:\*\*)?(?:Question|Human|User|Problem|Q|问题|题目|用户)(?:\*\*)?\s*(?:\d+\s*)?[:：]"
+                       r"|(?:(?<=[.!?])[ \t]+|(?<=[。！？])[ \t]*)(?:\*\*)?(?:Question|Human|User|问题|用户)(?:\*\*)?\s*(?:\d+\s*)?[:：]")
 
 
 _CHAT_RE = re.compile("|".join(re.escape(t) for t in _CHAT_TOKENS))
@@ -65,7 +67,7 @@ def cut_tail(text: str) -> str:
             m = _CHAT_RE.search(text)
         if m is not None:
             text = text[: m.start()]
-    if "\n" in text:
+    if "\n" in text or ":" in text or "：" in text:
         m = _NEW_TURN.search(text)
         while m is not None:
             if text[: m.start()].strip():
