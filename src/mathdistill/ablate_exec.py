@@ -175,9 +175,9 @@ def ray_connect(ray, address: str, cpus: int | None = None) -> bool:
     try:
         ray.init(address=address, log_to_driver=False, **kw)
     except Exception as e:  # noqa: BLE001 - ConnectionError (no cluster), ValueError (an address Ray can't parse)
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"--ray {address}: {msg} Start one (`ray start --head`, then --ray auto) or use --ray local "
-                        "to start one on this machine for the grid") from None
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")
+        raise UserError(f"--ray {address}: no Ray cluster to run the cells on (Ray: {msg}); start one with `ray start "
+                        "--head` (then --ray auto), or use --ray local to start one on this machine for the grid") from None
     return True
 
 
