@@ -156,12 +156,12 @@ def ray_reason(ray, e: BaseException, folder: str) -> str:
     tries = f"on each of its {1 + RAY_RETRIES} tries" if RAY_RETRIES else ""
     log = f"its output is in cells/{folder}/log.txt"
     ex = ray.exceptions
-    if isinstance(e, ex.OutOfMemoryError):
-        return f"out of memory: Ray's memory monitor killed the worker {tries}; {log}"
+    if isinstance(e, ex.OutOfMemoryError):  # retried as Ray's memory monitor allows (task_oom_retries)
+        return f"out of memory: Ray's memory monitor killed the worker; {log}"
     if isinstance(e, ex.WorkerCrashedError):
         return f"worker died {tries} (killed or crashed); {log}"
     if isinstance(e, (ex.NodeDiedError, ex.LocalRayletDiedError)):
-        return f"Ray node died {tries}; {log}"
+        return f"Ray node died while running the cell; {log}"
     return f"Ray: {_reason(None, e)}"
 
 
