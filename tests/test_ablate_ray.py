@@ -50,7 +50,7 @@ def board(folder: Path) -> list[dict[str, str]]:
 
 
 def test_ray_gives_the_leaderboard_of_one_job(cluster, tiny_model, tmp_path):
-    g = spec(tiny_model, grid={"eval.max_new_tokens": [4, 8]})  # two cells, one training
+    g = spec(tiny_model, grid={"eval.max_new_tokens": [4, 8]}, threads=1)  # two cells, one training; one thread each
     one = ablate(g, tmp_path / "one")
     by_ray = ablate(g.model_copy(update={"ray": "auto"}), tmp_path / "ray")  # the cluster this process is connected to
     assert ray.is_initialized(), "a cluster the caller connected to stays connected"
@@ -58,7 +58,6 @@ def test_ray_gives_the_leaderboard_of_one_job(cluster, tiny_model, tmp_path):
     # every stage ran on the cluster, in Ray's worker processes, not here
     assert count(tmp_path / "ray" / "cache") == count(tmp_path / "one" / "cache")
     assert all(c["pid"] != os.getpid() for c in by_ray["cells"]) and all(c["pid"] == os.getpid() for c in one["cells"])
-    assert by_ray["threads"] == 1  # each cell's task takes one of the cluster's CPUs
     # the same cells with the same scores and intervals, row for row
     assert board(tmp_path / "ray") == board(tmp_path / "one")
     assert len(board(tmp_path / "one")) == 2
@@ -116,7 +115,9 @@ def test_a_killed_worker_is_retried_then_reported(cluster, tiny_model, tmp_path,
     out = tmp_path / "g"
     with pytest.raises(PartialRun, match="1 of 2 cells failed"):
         ablate(g, out)
-    cells = {c["name"]: c for c in json.loads((out / "ablate.json").read_text())["cells"]}
+    summary = json.loads((out / "ablate.json").read_text())
+    assert summary["threads"] == 1  # by default each cell's task takes one of the cluster's CPUs
+    cells = {c["name"]: c for c in summary["cells"]}
     # killed as its training started, rerun by Ray in a new worker: the data stages come from the cache
     once = cells["dies-once"]
     assert once["status"] == "ok" and once["reason"] is None
