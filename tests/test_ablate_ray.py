@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from mathdistill.errors import PartialRun  # noqa: E402
 def cluster():
     """One local Ray cluster for the module; its workers import this test module (the hooks below) and the sources."""
     here = Path(__file__).parent
+    env, sigterm, hook = dict(os.environ), signal.getsignal(signal.SIGTERM), sys.excepthook
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(here), str(here.parent / "src")] + ([old] if old else []))
     try:  # the raylet, started here, hands this environment to its workers
@@ -36,6 +38,11 @@ def cluster():
             os.environ["PYTHONPATH"] = old
     yield
     ray.shutdown()
+    # what ray.init changes in this process (RAY_* and PYTHONBREAKPOINT variables, handlers), for the tests after
+    os.environ.clear()
+    os.environ.update(env)
+    signal.signal(signal.SIGTERM, sigterm)
+    sys.excepthook = hook
 
 
 def spec(model: Path, **kw) -> GridSpec:
