@@ -24,11 +24,12 @@ demo: install
 # Two pytest workers (pytest-xdist): the end-to-end test on the real student runs on one while the other takes
 # the tiny-model tests, which run on one torch thread each (tests/conftest.py).
 # The tests also run llama.cpp (the `llamacpp` extra): its first install compiles it (~37 min on 2 busy cores, then
-# the wheel comes from pip's cache); `make demo` does not need it.
+# the wheel comes from pip's cache); `make demo` does not need it. And Ray (the `ray` extra, ~30 s to install): the
+# --ray executor is tested against a local 2-CPU Ray cluster (tests/test_ablate_ray.py).
 LLAMA_STAMP := $(VENV)/.mathdistill-llamacpp
 
 $(LLAMA_STAMP): $(STAMP)
-	$(BIN)/pip install -q -c constraints.txt -e '.[dev,llamacpp]'
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev,llamacpp,ray]'
 	touch $(LLAMA_STAMP)
 
 test: $(LLAMA_STAMP)

@@ -14,7 +14,7 @@ import pytest
 from mathdistill import cli, power
 from mathdistill.ablate_plan import estimate, pilot_from_eval
 from mathdistill.leaderboard import CellResult, compute, to_markdown
-from mathdistill.scores import ScoreConfig, score_differences, score_stat
+from mathdistill.scores import ScoreConfig, es_score, score_differences, score_stat
 from mathdistill.stats import bootstrap_indices, hierarchical_draws, resample
 
 
@@ -295,3 +295,18 @@ def test_plan_from_a_committed_leaderboard_reads_sigma_from_its_intervals(tmp_pa
     assert est["sd_d"] == pytest.approx(float(np.median(implied)), abs=1e-3)
     assert est["n_eval"] == 48 and est["n_needed"] == power.n_for(est["sd_d"], 2.0)
     assert not (tmp_path / "o" / "cells").exists()
+
+
+def test_a_seeded_cell_reports_the_length_of_every_seed():
+    """Tokens per problem of a cell with seeds is the mean over all its seeds' outputs, as its scores are, not the
+    first seed's (the leaderboard's tokens column, its CSV and the Pareto plot read it)."""
+    ok = np.ones(40, bool)
+    multi = CellResult("s", {"x": 1}, predictions=_rows(ok, 100), model_bytes=10**8,
+                       seed_predictions=[_rows(ok, t) for t in (100, 200, 600)], seeds=[0, 1, 2])
+    board = compute([CellResult("b", {"x": 0}, predictions=_rows(ok, 50), model_bytes=10**8), multi], "b", ["x"],
+                    samples=200)
+    rows = {r["name"]: r for r in board["rows"]}
+    assert rows["s"]["mean_tokens"] == pytest.approx(300.0) and rows["b"]["mean_tokens"] == pytest.approx(50.0)
+    # its ES is the seeds' mean ES, each seed's from its own lengths; the tokens column is every seed's too
+    assert rows["s"]["scores"]["ES"]["point"] == pytest.approx(np.mean([es_score(t) for t in (100, 200, 600)]), abs=1e-3)
+    assert "| 300 |" in to_markdown(board, "t")

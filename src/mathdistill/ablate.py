@@ -18,7 +18,9 @@ split. Cells run through ``run.execute`` on one stage cache (``<out>/cache`` or 
 every stage whose inputs are equal, a rerun skips finished cells, and a killed grid resumes. A cell that
 fails is recorded with its reason and the others go on. ``--jobs N`` runs cells in N worker processes
 (each with ``cores // N`` torch threads); ``--ray ADDRESS`` runs them as Ray tasks, one GPU each when the
-cluster has GPUs (the cache folder must then be on a filesystem every node sees).
+cluster has GPUs (the cache folder must then be on a filesystem every node sees; ``--ray local`` starts a
+cluster on this machine for the grid). A cell whose Ray worker dies is rerun once from its cached stages,
+then reported as failed ("worker died ...").
 
 ``seeds: [0, 1, 2]`` (for the grid, or one explicit cell) trains each cell once per seed (``train.seed``); the
 leaderboard then scores the mean over seeds with intervals over seeds and problems. ``--plan`` (see
@@ -55,7 +57,7 @@ from .run import (CachedFailure, RunConfig, StageStore, execute, problems_inputs
                   stage_config)
 from .problems import problems
 from .ablate_board import leaderboard
-from .ablate_exec import GridProgress, _reason, _worker_init, run_cell
+from .ablate_exec import GridProgress, _failed, _reason, _worker_init, run_cell, run_ray
 
 
 class GridError(UserError):
@@ -93,8 +95,11 @@ class GridSpec(StageConfig):
     seeds: list[int] | None = Field(None, description="train every cell once per seed (train.seed); the leaderboard's "
                                     "intervals then cover seeds and problems (hierarchical bootstrap)")
     jobs: int = Field(1, ge=1, description="cells run at once, each in its own process (1: in this process)")
-    threads: int | None = Field(None, ge=1, description="torch threads per cell (default: CPU cores // jobs)")
-    ray: str | None = Field(None, description="run cells as Ray tasks on this cluster address (e.g. auto, ray://host:10001)")
+    threads: int | None = Field(None, ge=1, description="torch threads per cell (default: CPU cores // jobs; with ray: the "
+                                "CPUs each cell's task takes, default 1)")
+    ray: str | None = Field(None, description="run cells as Ray tasks on this cluster: auto (the one `ray start --head` "
+                            "started), ray://host:10001, or local (start one on this machine for the grid); one GPU per "
+                            "task when the cluster has GPUs; a cell whose worker dies is retried once, then reported")
     retry_failed: bool = Field(False, description="rerun stages that failed before on the same inputs (default: report "
                                "the recorded failure at once; network and memory errors are always retried)")
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
@@ -400,7 +405,7 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
                                                        for c in plan.cells]}, sort_keys=False, allow_unicode=True),
         encoding="utf-8")
     jobs = spec.jobs
-    threads = spec.threads or max(1, _cores() // jobs)
+    threads = spec.threads or (1 if ray else max(1, _cores() // jobs))  # Ray: CPUs of each cell's task
     n_runs = sum(len(c.seeds or [None]) for c in plan.cells)
     _progress.info(f"ablate: {len(plan.cells)} cells over {', '.join(plan.varied) or '(no field)'}"
                    + (f" ({n_runs} trainings: cells x seeds)" if n_runs != len(plan.cells) else "") + "; "
@@ -429,7 +434,7 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
     args = lambda c: (c.name, c.folder, c.values, c.config.model_dump(mode="json"), str(store.root), eval_file,  # noqa: E731
                       str(out), threads, spec.retry_failed)
     if todo and ray is not None:
-        for rec in _run_ray(ray, spec.ray, todo, args, prog):
+        for rec in run_ray(ray, spec.ray, todo, args, prog, cpus=threads, local_cpus=_cores()):
             records[rec["name"]] = rec
     elif todo and jobs > 1:
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -448,8 +453,7 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
                 try:
                     rec = f.result()
                 except Exception as e:  # noqa: BLE001 - the worker process itself died
-                    rec = {"name": c.name, "folder": c.folder, "values": c.values, "status": "failed",
-                           "reason": _reason(None, e), "executed": [], "cached": False, "seconds": 0.0, "stages": {}}
+                    rec = _failed(c, _reason(None, e))
                 prog.finish(rec)
                 records[c.name] = rec
                 if queued:
@@ -511,24 +515,3 @@ def seed_runs(cells: list[Cell]) -> list[SeedRun]:
             cfg.train.seed = sd
             out.append(SeedRun(f"{c.name} seed={sd}", c.values, cfg, f"{c.folder}-seed{sd}", None, c.name, sd))
     return out
-
-
-def _run_ray(ray, address: str, todo: list[Cell], args, prog: GridProgress):
-    """Cells as Ray tasks, one GPU each when the cluster has GPUs (one task per free CPU otherwise)."""
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    task = ray.remote(num_gpus=gpus, max_retries=0)(run_cell)
-    pending = {}
-    for c in todo:
-        pending[task.remote(*args(c))] = c
-        prog.start(c.name)
-    while pending:
-        done, _ = ray.wait(list(pending), num_returns=1)
-        c = pending.pop(done[0])
-        try:
-            rec = ray.get(done[0])
-        except Exception as e:  # noqa: BLE001 - the task itself died (node lost, out of memory)
-            rec = {"name": c.name, "folder": c.folder, "values": c.values, "status": "failed", "reason": _reason(None, e),
-                   "executed": [], "cached": False, "seconds": 0.0, "stages": {}}
-        prog.finish(rec)
-        yield rec

@@ -139,3 +139,74 @@ class GridProgress:
         if rec["executed"] or rec["status"] != "ok":
             self.ran_seconds.append(rec["seconds"])
         self.console.print(f"ablate: {rec['name']}: {what} · {self.status()}", soft_wrap=True, markup=False)
+
+
+# ---------------------------------------------------------------------------------------------- Ray
+
+RAY_RETRIES = 1  # reruns of a cell whose Ray worker died; its finished stages come back from the cache
+
+
+def _failed(cell, reason: str) -> dict[str, Any]:
+    return {"name": cell.name, "folder": cell.folder, "values": cell.values, "status": "failed", "reason": reason,
+            "executed": [], "cached": False, "seconds": 0.0, "stages": {}}
+
+
+def ray_reason(ray, e: BaseException, folder: str) -> str:
+    """One line for a Ray task that returned no record: what killed it, how often it was tried, where its log is."""
+    tries = f"on each of its {1 + RAY_RETRIES} tries" if RAY_RETRIES else ""
+    log = f"its output is in cells/{folder}/log.txt"
+    ex = ray.exceptions
+    if isinstance(e, ex.OutOfMemoryError):  # retried as Ray's memory monitor allows (task_oom_retries)
+        return f"out of memory: Ray's memory monitor killed the worker; {log}"
+    if isinstance(e, ex.WorkerCrashedError):
+        return f"worker died {tries} (killed or crashed); {log}"
+    if isinstance(e, (ex.NodeDiedError, ex.LocalRayletDiedError)):
+        return f"Ray node died while running the cell; {log}"
+    return f"Ray: {_reason(None, e)}"
+
+
+def ray_connect(ray, address: str, cpus: int | None = None) -> bool:
+    """Connect this process to the Ray cluster at ``address`` (``local``: start one here with ``cpus`` CPUs, no
+    dashboard); return whether it did, so the caller disconnects after. A process already connected (a script
+    that called ``ray.init`` itself) keeps its cluster. Raises :class:`UserError` when no cluster answers."""
+    if ray.is_initialized():
+        return False
+    kw: dict[str, Any] = {"num_cpus": cpus, "include_dashboard": False} if address == "local" else {}
+    try:
+        ray.init(address=address, log_to_driver=False, **kw)
+    except Exception as e:  # noqa: BLE001 - ConnectionError (no cluster), ValueError (an address Ray can't parse)
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[0].rstrip(".")
+        raise UserError(f"--ray {address}: no Ray cluster to run the cells on (Ray: {msg}); start one with `ray start "
+                        "--head` (then --ray auto), or use --ray local to start one on this machine for the grid") from None
+    return True
+
+
+def run_ray(ray, address: str, todo: list, args, prog: GridProgress, cpus: int = 1, local_cpus: int | None = None):
+    """Run ``todo``'s cells as Ray tasks on the cluster at ``address``; yield each cell's record as it finishes.
+
+    One task per cell (``run_cell(*args(cell))``) with ``cpus`` CPUs and one GPU when the cluster has GPUs. A
+    task whose worker process dies (killed, crashed, out of memory, node lost) is rerun :data:`RAY_RETRIES`
+    times by Ray, resuming from the stages it finished (the stage cache); after that the cell is a failed
+    record with the reason (:func:`ray_reason`) and the other cells go on. A cell that fails inside
+    ``run_cell`` is never retried: it is a result. ``local_cpus``: CPUs of a cluster started with ``local``.
+    """
+    started = ray_connect(ray, address, local_cpus)
+    try:
+        gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=RAY_RETRIES, retry_exceptions=False)(run_cell)
+        pending = {}
+        for c in todo:
+            pending[task.remote(*args(c))] = c
+            prog.start(c.name)
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            c = pending.pop(done[0])
+            try:
+                rec = ray.get(done[0])
+            except Exception as e:  # noqa: BLE001 - the task itself died: a result of the cell, not of the grid
+                rec = _failed(c, ray_reason(ray, e, c.folder))
+            prog.finish(rec)
+            yield rec
+    finally:
+        if started:
+            ray.shutdown()

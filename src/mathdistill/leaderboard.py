@@ -163,7 +163,7 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
             "diff_significant": bool(diff and diff["overall"].excludes_zero()),
             **(_power(diff["overall"], boot.confidence) if diff else {}),
             "seeds": c.seeds if c.name in seeded else None, "seed_failures": c.seed_failures or None,
-            "mean_tokens": float(cols[c.name]["tokens"].mean()), "model_bytes": c.model_bytes, "n": len(c.predictions or []),
+            "mean_tokens": _mean_tokens(c), "model_bytes": c.model_bytes, "n": len(c.predictions or []),
             "cqs_kind": c.cqs_kind, "same_problems": same,
         })
     out["rows"].sort(key=lambda r: -r["scores"]["overall"]["point"])
@@ -181,6 +181,13 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
                                    "mean_tokens": float(bc["tokens"].mean()), "model_bytes": b.model_bytes})
     out["effects"] = _effects([c for c in ok if c.name in draws], base, varied, draws, points, boot.confidence)
     return out
+
+
+def _mean_tokens(c: CellResult) -> float:
+    """Completion tokens per problem: the mean over every problem of every seed that scored (a cell with seeds is
+    scored as the mean over its seeds, so its length is too)."""
+    tokens = [float(p["tokens"]) for rows in (c.seed_predictions or [c.predictions or []]) for p in rows]
+    return sum(tokens) / len(tokens) if tokens else float("nan")
 
 
 def _others_equal(a: CellResult, b: CellResult, varied: list[str], skip: str) -> bool:
