@@ -286,14 +286,15 @@ def test_plan_from_a_committed_leaderboard_reads_sigma_from_its_intervals(tmp_pa
     root = Path(__file__).resolve().parents[1]
     lb = root / "examples" / "seed_ablation" / "leaderboard.csv"
     rows = [r for r in csv.DictReader(lb.open()) if r["status"] == "ok" and r["d_overall_lo"]]
-    implied = sorted((float(r["d_overall_hi"]) - float(r["d_overall_lo"])) / (2 * 1.959964) * math.sqrt(48) for r in rows
+    n = int(rows[0]["n"])  # the eval problems every cell was scored on
+    implied = sorted((float(r["d_overall_hi"]) - float(r["d_overall_lo"])) / (2 * 1.959964) * math.sqrt(n) for r in rows
                      if float(r["d_overall_hi"]) > float(r["d_overall_lo"]))
     code = _cli(["ablate", root / "examples" / "seed_ablation.yaml", "--plan", "--pilot", lb.parent, "--pilot-n", "0",
                  "--detect", "2", "--out", tmp_path / "o"])
     assert code == 0, capsys.readouterr().err
     est = json.loads((tmp_path / "o" / "plan" / "plan.json").read_text())["estimate"]
     assert est["sd_d"] == pytest.approx(float(np.median(implied)), abs=1e-3)
-    assert est["n_eval"] == 48 and est["n_needed"] == power.n_for(est["sd_d"], 2.0)
+    assert est["n_eval"] == n == 200 and est["n_needed"] == power.n_for(est["sd_d"], 2.0)
     assert not (tmp_path / "o" / "cells").exists()
 
 
