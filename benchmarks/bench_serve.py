@@ -82,7 +82,7 @@ def _prompts(tok, n: int) -> list[list[int]]:
 def run_engine(model, tok, prompts: list[list[int]], max_tokens: int, batch: int, threads: int | None) -> dict:
     """serve's engine without HTTP: every prompt submitted at once, greedy, exactly ``max_tokens`` each."""
     from mathdistill.serve import Engine, ServeConfig
-    from mathdistill.serve.engine import Job
+    from mathdistill.serve.batcher import Job
     from mathdistill.serve.protocol import Sampling
 
     engine = Engine(model, tok, ServeConfig(max_batch_size=batch, max_queue=len(prompts), batch_wait_ms=50, threads=threads))
