@@ -6,10 +6,14 @@ non-streaming, requests decoded together, errors. Few tokens each: the file runs
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from importlib.util import find_spec
+from pathlib import Path
 
 import httpx
 import openai
@@ -241,6 +245,34 @@ def test_cli_refusals_are_one_line(capsys, args, needle):
     code = invoke(["serve", *args])
     err = capsys.readouterr().err
     assert code == 2 and needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_cli_serves_the_base_gguf(tmp_path):
+    """`mathdistill serve --backend llamacpp` as users start it, in its own process."""
+    with socket.socket() as sk:
+        sk.bind(("127.0.0.1", 0))
+        port = sk.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        p = subprocess.Popen([sys.executable, "-m", "mathdistill", "serve", "--backend", "llamacpp", "--port", str(port),
+                              "--threads", "1", "--max-batch-size", "2", "--max-prompt-tokens", "128", "--max-tokens-cap", "16"],
+                             stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                if HTTP.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert p.poll() is None, log.read_text()
+                time.sleep(0.1)
+        r = HTTP.post(url + "/v1/chat/completions", json={"messages": chat_msgs(QUESTIONS[0]), "max_tokens": 16, "temperature": 0})
+        assert r.status_code == 200 and r.json()["model"] == "smollm2-135m" and r.json()["usage"]["completion_tokens"] <= 16
+        assert "llama.cpp on SmolLM2-135M-Instruct.Q4_1.gguf (threads 1); 2 sequence slots" in log.read_text()
+    finally:
+        p.terminate()
+        p.wait(30)
 
 
 def test_without_llama_cpp_serve_says_how_to_install(capsys, monkeypatch):

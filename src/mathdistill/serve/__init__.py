@@ -55,7 +55,7 @@ def serve(cfg: ServeConfig, model: str = DEFAULT_STUDENT, adapter: str | None = 
     if cfg.engine == "llamacpp":
         app = llamacpp_app(cfg, spec, name, key)
         engine = app.state.engine
-        how = (f"llama.cpp on {engine.gm.path.name}, {engine.threads} threads; {cfg.max_batch_size} sequence slots",
+        how = (f"llama.cpp on {engine.gm.path.name} (threads {engine.threads}); {cfg.max_batch_size} sequence slots",
                f"KV cache {engine.kv_bytes() / 2**30:.2f} GiB, allocated")
     else:
         import torch
