@@ -2,9 +2,12 @@
 
 - :class:`GGUFModel`: one GGUF loaded through llama-cpp-python's C API (``llama_cpp``): its own tokenizer
   (``tokenize``, ``piece``), end-of-generation tokens, training context and chat template.
-- :func:`generate_parallel`: greedy decoding of many prompts together through ``llama_batch``: up to ``parallel``
-  sequences (one ``seq_id`` each, one KV stream each) share every ``llama_decode`` call; a finished sequence
-  leaves its KV cells and the next prompt takes its slot (continuous batching). Stopping rules are those of the
+- :class:`Slots`: a llama.cpp context of sequence slots (one ``seq_id`` each, one KV stream each) fed through one
+  ``llama_batch`` per ``llama_decode`` call; a finished sequence frees its KV cells and slot for the next one
+  (continuous batching). The eval backend and ``serve --engine llamacpp``
+  (:mod:`mathdistill.serve.llamacpp_engine`) both decode through it.
+- :func:`generate_parallel`: greedy decoding of many prompts together on :class:`Slots`: up to ``parallel``
+  sequences share every ``llama_decode`` call; the next prompt takes a freed slot. Stopping rules are those of the
   transformers backend: an end-of-generation token (EOS, end of turn ``<|im_end|>``), the final answer complete
   (:func:`mathdistill.backends.answer_complete` on the last ``TAIL_TOKENS`` tokens), or the token budget.
 - :class:`LlamaCppBackend`: the eval backend (``--backend llamacpp``) on a GGUF file, or on an f16 GGUF written
