@@ -28,7 +28,7 @@ the same ``--threads`` (default: the idle cores at start, :func:`mathdistill.lla
 Prints requests/s and output tokens/s per engine and concurrency, and the llama.cpp / transformers ratio
 (goal: >= 2x requests/s):
 
-    flock /tmp/mathdistill-heavy.lock python benchmarks/bench_serve.py --llamacpp --max-tokens 128
+    flock /tmp/mathdistill-heavy.lock python benchmarks/bench_serve.py --llamacpp --threads 1
 """
 
 from __future__ import annotations
@@ -231,18 +231,19 @@ def llamacpp_vs_transformers(args) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--max-tokens", type=int, default=16, help="output tokens per request")
+    ap.add_argument("--max-tokens", type=int, default=None, help="output tokens per request (default 16; 128 with --llamacpp)")
     ap.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency (at least 4 at C=1)")
-    ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--concurrency", default=None, help="clients in flight, comma-separated (default 1,8,32; 1,4 with --llamacpp)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for both modes (default: torch's, all cores); "
                     "with --llamacpp: torch and llama.cpp threads (default: the idle cores at start)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--engines", action="store_true", help="compare the engine with transformers' generate_batch and generate")
-    ap.add_argument("--llamacpp", action="store_true", help="serve --engine llamacpp against the transformers engine "
-                    "(use with --max-tokens 128 --concurrency 1,4)")
+    ap.add_argument("--llamacpp", action="store_true", help="serve --engine llamacpp against the transformers engine")
     ap.add_argument("--n", type=int, default=32, help="--engines: prompts")
     ap.add_argument("--batch", type=int, default=32, help="--engines: rows per batch (engine and generate)")
     args = ap.parse_args()
+    args.max_tokens = args.max_tokens or (128 if args.llamacpp else 16)
+    args.concurrency = args.concurrency or ("1,4" if args.llamacpp else "1,8,32")
     if args.engines:
         return engines(args)
     if args.llamacpp:
