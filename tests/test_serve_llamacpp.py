@@ -90,22 +90,23 @@ def test_end_of_turn_ends_the_answer(server):
     assert r.usage.completion_tokens == ref.tokens and r.usage.prompt_tokens == len(ids)
 
 
-@pytest.mark.parametrize("endpoint, sampling", [
-    ("chat", dict(temperature=0)),
-    ("chat", dict(temperature=0.9, top_p=0.9, seed=7)),
-    ("completions", dict(temperature=0)),
-    ("completions", dict(temperature=1.2, seed=3)),
+@pytest.mark.parametrize("endpoint, text, sampling", [
+    ("chat", QUESTIONS[3], dict(temperature=0)),
+    ("chat", QUESTIONS[3], dict(temperature=0.9, top_p=0.9, seed=7)),
+    ("chat", "小明有 3 个苹果,又买了 5 个。他现在有几个苹果?", dict(temperature=1.0, seed=2)),  # multi-byte characters
+    ("completions", "The sum 48 + 24 equals", dict(temperature=0)),
+    ("completions", "The sum 48 + 24 equals", dict(temperature=1.2, seed=3)),
 ])
-def test_streaming_equals_non_streaming(server, endpoint, sampling):
+def test_streaming_equals_non_streaming(server, endpoint, text, sampling):
     c = client(server)
     kw = dict(model="smol", max_tokens=12, extra_body={"ignore_eos": True}, **sampling)
     if endpoint == "chat":
-        whole = c.chat.completions.create(messages=chat_msgs(QUESTIONS[3]), **kw).choices[0].message.content
-        chunks = list(c.chat.completions.create(messages=chat_msgs(QUESTIONS[3]), stream=True, **kw))
+        whole = c.chat.completions.create(messages=chat_msgs(text), **kw).choices[0].message.content
+        chunks = list(c.chat.completions.create(messages=chat_msgs(text), stream=True, **kw))
         streamed = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
     else:
-        whole = c.completions.create(prompt="The sum 48 + 24 equals", **kw).choices[0].text
-        chunks = list(c.completions.create(prompt="The sum 48 + 24 equals", stream=True, **kw))
+        whole = c.completions.create(prompt=text, **kw).choices[0].text
+        chunks = list(c.completions.create(prompt=text, stream=True, **kw))
         streamed = "".join(ch.choices[0].text for ch in chunks if ch.choices)
     assert streamed == whole and whole
     assert [ch.choices[0].finish_reason for ch in chunks if ch.choices][-1] == "length"
