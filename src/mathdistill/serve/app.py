@@ -23,8 +23,8 @@ from typing import Any, AsyncIterator
 
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 
-from .config import ServeConfig
 from .batcher import Batcher, Job, QueueFull
+from .config import ServeConfig
 from .engine import Engine
 from .protocol import (APIError, ChatBody, ChatShape, CompletionBody, Sampling, SamplingBody, TextShape, dump,
                        parse_body, usage)
