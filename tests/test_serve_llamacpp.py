@@ -203,6 +203,24 @@ def test_disconnect_frees_the_slot():
         assert s.engine.load() == {"queued": 0, "running": 0} and len(s.engine.slots.free) == 4
 
 
+def test_a_failing_decode_is_a_500_and_the_server_keeps_serving(monkeypatch):
+    with running(batch_wait_ms=0) as s:
+        real, calls = s.engine.slots.decode, {"n": 0}
+
+        def flaky(feed):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise UserError("llama.cpp decode failed (code 1) with 1 sequences")
+            return real(feed)
+        monkeypatch.setattr(s.engine.slots, "decode", flaky)
+        body = {"messages": chat_msgs(QUESTIONS[0]), "max_tokens": 4}
+        err = _err(HTTP.post(s.url + "/v1/chat/completions", json=body), 500)
+        assert err["type"] == "server_error" and "decode failed" in err["message"]
+        assert HTTP.post(s.url + "/v1/chat/completions", json=body).status_code == 200
+        assert s.engine.stats["failed"] == 1 and s.engine.load() == {"queued": 0, "running": 0}
+        assert len(s.engine.slots.free) == 4
+
+
 def _err(r, status):
     assert r.status_code == status, r.text
     err = r.json()["error"]
