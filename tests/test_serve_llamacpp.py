@@ -51,6 +51,20 @@ def server():
         yield s
 
 
+def wait_until(cond, timeout=10.0):
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def all_slots_free(s):
+    """Every slot back (the engine thread frees a row's slot just after sending its answer)."""
+    return wait_until(lambda: len(s.engine.slots.free) == s.engine.cfg.max_batch_size)
+
+
 def client(s):
     return openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0, timeout=60)
 
@@ -172,7 +186,7 @@ def test_concurrent_requests_share_decode_calls_and_each_get_their_own_answer():
         st = s.engine.stats
         assert st["max_rows"] == 4 and st["finished"] == 10 and st["failed"] == 0
         assert st["steps"] < 10 * 10, "the requests did not share decode calls"
-        assert s.engine.load() == {"queued": 0, "running": 0} and len(s.engine.slots.free) == 4
+        assert s.engine.load() == {"queued": 0, "running": 0} and all_slots_free(s)
 
 
 def test_a_model_folder_is_served_as_its_f16_gguf(tiny_model):
@@ -195,12 +209,9 @@ def test_disconnect_frees_the_slot():
                           json={"messages": chat_msgs(QUESTIONS[1]), "max_tokens": 64, "ignore_eos": True, "stream": True}) as r:
             lines = r.iter_lines()
             assert any(next(lines).startswith("data: ") for _ in range(4))
-        for _ in range(500):
-            if s.engine.load()["running"] == 0:
-                break
-            time.sleep(0.02)
+        assert wait_until(lambda: s.engine.load()["running"] == 0)
         assert s.engine.stats["cancelled"] == 1 and s.engine.stats["tokens"] < 64
-        assert s.engine.load() == {"queued": 0, "running": 0} and len(s.engine.slots.free) == 4
+        assert s.engine.load() == {"queued": 0, "running": 0} and all_slots_free(s)
 
 
 def test_a_failing_decode_is_a_500_and_the_server_keeps_serving(monkeypatch):
@@ -218,7 +229,7 @@ def test_a_failing_decode_is_a_500_and_the_server_keeps_serving(monkeypatch):
         assert err["type"] == "server_error" and "decode failed" in err["message"]
         assert HTTP.post(s.url + "/v1/chat/completions", json=body).status_code == 200
         assert s.engine.stats["failed"] == 1 and s.engine.load() == {"queued": 0, "running": 0}
-        assert len(s.engine.slots.free) == 4
+        assert all_slots_free(s)
 
 
 def _err(r, status):

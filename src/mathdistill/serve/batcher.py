@@ -109,8 +109,10 @@ class Batcher:
             self._cv.notify()
 
     def load(self) -> dict[str, int]:
+        """Requests waiting and rows still generating (a row counts out once its answer is sent, before the
+        engine thread drops it from the batch)."""
         with self._cv:
-            return {"queued": len(self._waiting), "running": len(self._rows)}
+            return {"queued": len(self._waiting), "running": sum(r.done is None for r in list(self._rows))}
 
     def start(self) -> None:
         if self._thread is None:
