@@ -20,6 +20,15 @@ apart from generation) and (3) ``model.generate`` on left-padded batches of ``--
 tokens/s of each and the ratios to the engine:
 
     flock /tmp/mathdistill-heavy.lock python benchmarks/bench_serve.py --engines
+
+``--llamacpp``: ``serve --engine llamacpp`` against the transformers engine in the same run, both behind the real
+HTTP server on the same model (default: the base GGUF, which transformers runs dequantized to fp32 and llama.cpp
+as the file is), C = 1 and 4 clients in a closed loop, 128-token greedy answers (``ignore_eos``). Both engines get
+the same ``--threads`` (default: the idle cores at start, :func:`mathdistill.llamacpp.default_threads`; printed).
+Prints requests/s and output tokens/s per engine and concurrency, and the llama.cpp / transformers ratio
+(goal: >= 2x requests/s):
+
+    flock /tmp/mathdistill-heavy.lock python benchmarks/bench_serve.py --llamacpp --threads 1
 """
 
 from __future__ import annotations
@@ -82,7 +91,7 @@ def _prompts(tok, n: int) -> list[list[int]]:
 def run_engine(model, tok, prompts: list[list[int]], max_tokens: int, batch: int, threads: int | None) -> dict:
     """serve's engine without HTTP: every prompt submitted at once, greedy, exactly ``max_tokens`` each."""
     from mathdistill.serve import Engine, ServeConfig
-    from mathdistill.serve.engine import Job
+    from mathdistill.serve.batcher import Job
     from mathdistill.serve.protocol import Sampling
 
     engine = Engine(model, tok, ServeConfig(max_batch_size=batch, max_queue=len(prompts), batch_wait_ms=50, threads=threads))
@@ -169,20 +178,76 @@ def engines(args) -> None:
             json.dump({"args": vars(args), "results": res}, f, indent=2)
 
 
+def llamacpp_vs_transformers(args) -> None:
+    import torch
+
+    from server_thread import ServerThread
+
+    from mathdistill.llamacpp import default_threads
+    from mathdistill.models import load, resolve
+    from mathdistill.serve import ServeConfig, create_app, llamacpp_app
+
+    levels = [int(x) for x in args.concurrency.split(",")]
+    threads = args.threads or default_threads()
+    torch.set_num_threads(threads)
+    spec = resolve(args.model)
+    limits = dict(max_batch_size=max(levels), max_queue=256, batch_wait_ms=10, threads=threads, max_prompt_tokens=512,
+                  max_tokens_cap=max(args.max_tokens, 16))
+    print(f"model {args.model}; {threads} threads for both engines (torch / llama.cpp); {args.max_tokens} output tokens per "
+          f"request (greedy, ignore_eos); clients {levels}; {args.rounds} requests per client (>= 4 at C=1)", flush=True)
+    results: dict[str, dict[int, dict]] = {}
+    for engine in ("transformers", "llamacpp"):
+        if engine == "llamacpp":
+            app = llamacpp_app(ServeConfig(engine="llamacpp", **limits), spec, "student")
+            what = f"llama.cpp on {app.state.engine.gm.path.name}"
+        else:
+            model, tok = load(spec, dtype="float32")
+            app = create_app(model, tok, ServeConfig(**limits), name="student")
+            what = "transformers fp32"
+        with ServerThread(app) as s:
+            asyncio.run(closed_loop(s.url, "student", 1, 1, 8))  # warm-up
+            results[engine] = {}
+            for c in levels:
+                r = asyncio.run(closed_loop(s.url, "student", c, max(c * args.rounds, 4), args.max_tokens))
+                r["max_rows"], r["steps"] = app.state.engine.stats["max_rows"], app.state.engine.stats["steps"]
+                results[engine][c] = r
+                print(f"{what:40}  C={c:<3} {r['req_per_s']:7.3f} req/s  {r['out_tok_per_s']:7.1f} out tok/s  "
+                      f"({r['requests']} requests in {r['wall_s']} s, errors {r['errors']})", flush=True)
+    print("\n| clients | transformers req/s | llama.cpp req/s | transformers out tok/s | llama.cpp out tok/s | llama.cpp / transformers |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    ratios = {}
+    for c in levels:
+        t, g = results["transformers"][c], results["llamacpp"][c]
+        ratios[c] = g["req_per_s"] / t["req_per_s"]
+        print(f"| {c} | {t['req_per_s']:.3f} | {g['req_per_s']:.3f} | {t['out_tok_per_s']:.1f} | {g['out_tok_per_s']:.1f} | "
+              f"{ratios[c]:.2f}x |")
+    print(f"\nllama.cpp / transformers requests/s: {', '.join(f'C={c} {r:.2f}x' for c, r in ratios.items())} "
+          f"(goal >= 2x: {'met' if min(ratios.values()) >= 2 else 'MISSED'})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "threads": threads, "results": results, "ratios": ratios}, f, indent=2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2-135m")
-    ap.add_argument("--max-tokens", type=int, default=16, help="output tokens per request")
+    ap.add_argument("--max-tokens", type=int, default=None, help="output tokens per request (default 16; 128 with --llamacpp)")
     ap.add_argument("--rounds", type=int, default=2, help="requests per client at each concurrency (at least 4 at C=1)")
-    ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads for both modes (default: torch's, all cores)")
+    ap.add_argument("--concurrency", default=None, help="clients in flight, comma-separated (default 1,8,32; 1,4 with --llamacpp)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for both modes (default: torch's, all cores); "
+                    "with --llamacpp: torch and llama.cpp threads (default: the idle cores at start)")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     ap.add_argument("--engines", action="store_true", help="compare the engine with transformers' generate_batch and generate")
+    ap.add_argument("--llamacpp", action="store_true", help="serve --engine llamacpp against the transformers engine")
     ap.add_argument("--n", type=int, default=32, help="--engines: prompts")
     ap.add_argument("--batch", type=int, default=32, help="--engines: rows per batch (engine and generate)")
     args = ap.parse_args()
+    args.max_tokens = args.max_tokens or (128 if args.llamacpp else 16)
+    args.concurrency = args.concurrency or ("1,4" if args.llamacpp else "1,8,32")
     if args.engines:
         return engines(args)
+    if args.llamacpp:
+        return llamacpp_vs_transformers(args)
 
     from server_thread import ServerThread
 

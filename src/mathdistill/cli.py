@@ -287,7 +287,7 @@ def serve_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m", help="m
               port: Optional[int] = typer.Option(None, "--port", help=h(ServeConfig, "port")),
               api_key: Optional[str] = typer.Option(None, "--api-key", help="require 'Authorization: Bearer KEY' on every request "
                                                     "(prefer the MATHDISTILL_SERVE_KEY variable: a flag shows in the process list)"),
-              engine: Optional[str] = typer.Option(None, "--engine", help=h(ServeConfig, "engine")),
+              engine: Optional[str] = typer.Option(None, "--engine", "--backend", help=h(ServeConfig, "engine")),
               served_model_name: Optional[str] = typer.Option(None, "--served-model-name", help=h(ServeConfig, "served_model_name")),
               max_batch_size: Optional[int] = typer.Option(None, "--max-batch-size", help=h(ServeConfig, "max_batch_size")),
               batch_wait_ms: Optional[float] = typer.Option(None, "--batch-wait-ms", help=h(ServeConfig, "batch_wait_ms")),
@@ -300,7 +300,8 @@ def serve_cmd(model: str = typer.Option("smollm2-135m", "--model", "-m", help="m
               calculator: Optional[bool] = typer.Option(None, "--calculator/--no-calculator", help=h(ServeConfig, "calculator")),
               config: Optional[Path] = ConfigOpt, sets: Optional[list[str]] = SetOpt):
     """Serve a model (a trained student: run folder, or base + --adapter) as an OpenAI-compatible API.
-    Bearer auth with --api-key or MATHDISTILL_SERVE_KEY; binds 127.0.0.1 unless --host says otherwise."""
+    Bearer auth with --api-key or MATHDISTILL_SERVE_KEY; binds 127.0.0.1 unless --host says otherwise.
+    --engine llamacpp (or --backend llamacpp) serves the model's GGUF on llama.cpp."""
     from .serve import serve
 
     cfg = stage_config(ServeConfig, "serve", config, None, sets,

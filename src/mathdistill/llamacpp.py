@@ -2,9 +2,12 @@
 
 - :class:`GGUFModel`: one GGUF loaded through llama-cpp-python's C API (``llama_cpp``): its own tokenizer
   (``tokenize``, ``piece``), end-of-generation tokens, training context and chat template.
-- :func:`generate_parallel`: greedy decoding of many prompts together through ``llama_batch``: up to ``parallel``
-  sequences (one ``seq_id`` each, one KV stream each) share every ``llama_decode`` call; a finished sequence
-  leaves its KV cells and the next prompt takes its slot (continuous batching). Stopping rules are those of the
+- :class:`Slots`: a llama.cpp context of sequence slots (one ``seq_id`` each, one KV stream each) fed through one
+  ``llama_batch`` per ``llama_decode`` call; a finished sequence frees its KV cells and slot for the next one
+  (continuous batching). The eval backend and ``serve --engine llamacpp``
+  (:mod:`mathdistill.serve.llamacpp_engine`) both decode through it.
+- :func:`generate_parallel`: greedy decoding of many prompts together on :class:`Slots`: up to ``parallel``
+  sequences share every ``llama_decode`` call; the next prompt takes a freed slot. Stopping rules are those of the
   transformers backend: an end-of-generation token (EOS, end of turn ``<|im_end|>``), the final answer complete
   (:func:`mathdistill.backends.answer_complete` on the last ``TAIL_TOKENS`` tokens), or the token budget.
 - :class:`LlamaCppBackend`: the eval backend (``--backend llamacpp``) on a GGUF file, or on an f16 GGUF written
@@ -141,15 +144,25 @@ class GGUFModel:
         """The file's ``tokenizer.chat_template``, or ChatML (as :func:`mathdistill.models.prepare_tokenizer`)."""
         return self.meta("tokenizer.chat_template") or CHATML_TEMPLATE
 
-    def render(self, p: Problem) -> str:
-        """The prompt the transformers backend renders (same messages, same Jinja renderer as ``apply_chat_template``)."""
+    def render_chat(self, msgs: list[dict[str, str]]) -> str:
+        """``msgs`` rendered by the file's chat template with the generation prompt (the Jinja renderer of
+        transformers' ``apply_chat_template``, special tokens named as the file names them)."""
         from transformers.utils.chat_template_utils import render_jinja_template
 
         special = {k: self.token_text(t) for k, t in (("bos_token", self.L.llama_vocab_bos(self.vocab)),
                                                          ("eos_token", self.L.llama_vocab_eos(self.vocab))) if t >= 0}
-        out, _ = render_jinja_template([messages(instruction_for(p.lang), p.question)], chat_template=self.chat_template(),
-                                       add_generation_prompt=True, **special)
+        out, _ = render_jinja_template([msgs], chat_template=self.chat_template(), add_generation_prompt=True, **special)
         return out[0]
+
+    def render(self, p: Problem) -> str:
+        """The prompt the transformers backend renders (same messages, same Jinja renderer as ``apply_chat_template``)."""
+        return self.render_chat(messages(instruction_for(p.lang), p.question))
+
+    def kv_bytes_per_cell(self) -> int:
+        """Bytes of K and V cache per token (f16, every layer), as llama.cpp allocates them."""
+        L = self.L
+        heads = max(1, L.llama_model_n_head(self.model))
+        return 2 * L.llama_model_n_layer(self.model) * L.llama_model_n_head_kv(self.model) * (L.llama_model_n_embd(self.model) // heads) * 2
 
 
 @dataclass
@@ -158,7 +171,6 @@ class _Row:
     prompt: list[int]
     budget: int
     ids: list[int] = field(default_factory=list)
-    pos: int = 0
 
 
 def default_threads() -> int:
@@ -174,19 +186,102 @@ def default_threads() -> int:
     return max(1, min(cores, cores - busy))
 
 
+MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ (src/llama-cparams.h): most sequences one context holds
+
+
+class Slots:
+    """A llama.cpp context with ``n_seq`` sequence slots, each its own KV stream of ``cells`` cells (rounded up
+    to 256; ``kv_unified`` off: a sequence attends over its own cells only), fed through one ``llama_batch`` of
+    at most ``n_batch`` tokens per :meth:`decode`. ``threads``: llama.cpp threads (None: :func:`default_threads`).
+    Used from one thread at a time. Raises :class:`UserError` (ending in ``hint``) when llama.cpp cannot
+    allocate the context or a decode fails."""
+
+    def __init__(self, gm: GGUFModel, n_seq: int, cells: int, n_batch: int, threads: int | None = None, hint: str = ""):
+        L = self.L = gm.L
+        self.gm, self.n_seq, self.n_batch, self.hint = gm, n_seq, n_batch, hint
+        if n_seq > MAX_SEQ:
+            raise UserError(f"llama.cpp decodes at most {MAX_SEQ} sequences together, {n_seq} asked for{hint}")
+        self.cells = -(-cells // 256) * 256
+        self.threads = threads or default_threads()
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_seq * self.cells
+        cp.n_batch = cp.n_ubatch = n_batch
+        cp.n_seq_max = n_seq
+        cp.kv_unified = False
+        cp.n_threads = cp.n_threads_batch = self.threads
+        cp.no_perf = True
+        self.ctx = L.llama_init_from_model(gm.model, cp)
+        if not self.ctx:
+            raise UserError(f"llama.cpp could not allocate a context of {cp.n_ctx} tokens for {n_seq} sequences{hint}")
+        self.batch = L.llama_batch_init(n_batch, 0, 1)
+        self.mem = L.llama_get_memory(self.ctx)
+        self.free = list(range(n_seq - 1, -1, -1))
+        self.pos: dict[int, int] = {}
+
+    def take(self) -> int:
+        """A free sequence slot (``IndexError`` when none is)."""
+        seq = self.free.pop()
+        self.pos[seq] = 0
+        return seq
+
+    def release(self, seq: int) -> None:
+        """Free ``seq``'s KV cells and slot."""
+        self.L.llama_memory_seq_rm(self.mem, seq, -1, -1)
+        del self.pos[seq]
+        self.free.append(seq)
+
+    def clear(self) -> None:
+        """Every slot free, the KV cache empty."""
+        self.L.llama_memory_clear(self.mem, True)
+        self.free, self.pos = list(range(self.n_seq - 1, -1, -1)), {}
+
+    def decode(self, feed: list[tuple[int, list[int], bool]]):
+        """One ``llama_decode`` over ``feed``: (seq, tokens appended at the sequence's next positions, logits
+        wanted after its last token). Returns the logits wanted, float32 ``[n_wanted, n_vocab]``, in feed order."""
+        import numpy as np
+
+        L, batch, k, outs = self.L, self.batch, 0, []
+        for seq, toks, want in feed:
+            p = self.pos[seq]
+            for j, t in enumerate(toks):
+                last = want and j == len(toks) - 1
+                batch.token[k], batch.pos[k], batch.n_seq_id[k], batch.seq_id[k][0], batch.logits[k] = t, p + j, 1, seq, last
+                if last:
+                    outs.append(k)
+                k += 1
+            self.pos[seq] = p + len(toks)
+        batch.n_tokens = k
+        rc = L.llama_decode(self.ctx, batch)
+        if rc != 0:
+            raise UserError(f"llama.cpp decode failed (code {rc}) with {len(feed)} sequences{self.hint}")
+        n = self.gm.n_vocab
+        return np.stack([np.ctypeslib.as_array(L.llama_get_logits_ith(self.ctx, i), shape=(n,)) for i in outs]) \
+            if outs else np.empty((0, n), np.float32)
+
+    def close(self) -> None:
+        if getattr(self, "ctx", None):
+            self.L.llama_batch_free(self.batch)
+            self.L.llama_free(self.ctx)
+            self.ctx = None
+
+    def __enter__(self) -> Slots:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def generate_parallel(gm: GGUFModel, prompts: list[list[int]], max_new_tokens: int, parallel: int = 32,
                       stop_at_answer: bool = True, threads: int | None = None, desc: str = "eval",
                       batch_tokens: int = 512) -> list[Generation]:
     """Greedy completions of tokenized ``prompts`` (ids in ``gm``'s vocabulary), in prompt order.
 
-    Up to ``parallel`` sequences decode together, one token each per ``llama_decode`` call; waiting prompts are
-    prefilled in the same calls while slots are free (at most ``batch_tokens`` tokens a call, a longer prompt
-    alone). ``threads``: llama.cpp threads (None: :func:`default_threads`). A prompt of at least the model's training context is ``prompt_too_long``; otherwise its budget is
+    Up to ``parallel`` sequences decode together (:class:`Slots`), one token each per ``llama_decode`` call;
+    waiting prompts are prefilled in the same calls while slots are free (at most ``batch_tokens`` tokens a
+    call, a longer prompt alone). ``threads``: llama.cpp threads (None: :func:`default_threads`). A prompt of at
+    least the model's training context is ``prompt_too_long``; otherwise its budget is
     ``min(max_new_tokens, context - prompt)``. Raises :class:`UserError` when llama.cpp cannot allocate the
     context (KV cache of ``parallel x (longest prompt + budget)`` cells)."""
-    import numpy as np
-
-    L = gm.L
     limit = gm.n_ctx_train() or None
     results: list[Generation | None] = [None] * len(prompts)
     queue: deque[_Row] = deque()
@@ -199,69 +294,39 @@ def generate_parallel(gm: GGUFModel, prompts: list[list[int]], max_new_tokens: i
     if not queue:
         return results  # type: ignore[return-value]
     n_seq = max(1, min(parallel, len(queue)))
-    per_seq = max(len(r.prompt) + r.budget for r in queue)
     n_batch = max(batch_tokens, n_seq, max(len(r.prompt) for r in queue))
-    cp = L.llama_context_default_params()
-    cp.n_ctx = n_seq * (-(-per_seq // 256) * 256)  # one KV stream per sequence, each rounded up to 256 cells
-    cp.n_batch = cp.n_ubatch = n_batch
-    cp.n_seq_max = n_seq
-    cp.kv_unified = False  # each sequence attends over its own cells only
-    cp.n_threads = cp.n_threads_batch = threads or default_threads()
-    cp.no_perf = True
-    ctx = L.llama_init_from_model(gm.model, cp)
-    if not ctx:
-        raise UserError(f"llama.cpp could not allocate a context of {cp.n_ctx} tokens for {n_seq} sequences; "
-                        "lower --batch-size or --max-new-tokens")
-    batch = L.llama_batch_init(n_batch, 0, 1)
-    mem = L.llama_get_memory(ctx)
-    free = list(range(n_seq - 1, -1, -1))
     active: dict[int, _Row] = {}
     n_tokens, t0 = 0, time.monotonic()
-    try:
-        with bar(desc, total=len(prompts), unit="problem") as b:
-            b.advance(len(prompts) - len(queue))
-            while queue or active:
-                # this call's tokens: (token, position, seq, logits wanted); the next token of each running
-                # sequence, then whole prompts of waiting ones while slots are free and the batch has room
-                items = [(r.ids[-1], r.pos, seq, True) for seq, r in active.items()]
-                for r in active.values():
-                    r.pos += 1
-                while queue and free and (not items or len(items) + len(queue[0].prompt) <= n_batch):
-                    r, seq = queue.popleft(), free.pop()
-                    items += [(t, k, seq, k == len(r.prompt) - 1) for k, t in enumerate(r.prompt)]
-                    r.pos = len(r.prompt)
-                    active[seq] = r
-                outs = []  # (batch index of a logits row, seq)
-                for k, (tok, pos, seq, want) in enumerate(items):
-                    batch.token[k], batch.pos[k], batch.n_seq_id[k], batch.seq_id[k][0], batch.logits[k] = tok, pos, 1, seq, want
-                    if want:
-                        outs.append((k, seq))
-                batch.n_tokens = len(items)
-                rc = L.llama_decode(ctx, batch)
-                if rc != 0:
-                    raise UserError(f"llama.cpp decode failed (code {rc}) with {len(active)} sequences; "
-                                    "lower --batch-size or --max-new-tokens")
-                for bi, seq in outs:
-                    r = active[seq]
-                    logits = np.ctypeslib.as_array(L.llama_get_logits_ith(ctx, bi), shape=(gm.n_vocab,))
-                    tok = int(logits.argmax())
-                    r.ids.append(tok)
-                    if gm.is_eog(tok) or (stop_at_answer and answer_complete(gm.decode(r.ids[-TAIL_TOKENS:]))):
-                        reason = "stop"
-                    elif len(r.ids) >= r.budget:
-                        reason = "length"
-                    else:
-                        continue
-                    results[r.index] = Generation(gm.decode(r.ids), len(r.ids), reason, len(r.prompt))
-                    n_tokens += len(r.ids)
-                    del active[seq]
-                    L.llama_memory_seq_rm(mem, seq, -1, -1)
-                    free.append(seq)
-                    b.advance()
-                b.set_postfix(f"{n_tokens / max(time.monotonic() - t0, 1e-9):.1f} tok/s")
-    finally:
-        L.llama_batch_free(batch)
-        L.llama_free(ctx)
+    with Slots(gm, n_seq, max(len(r.prompt) + r.budget for r in queue), n_batch, threads,
+               hint="; lower --batch-size or --max-new-tokens") as slots, \
+            bar(desc, total=len(prompts), unit="problem") as b:
+        b.advance(len(prompts) - len(queue))
+        while queue or active:
+            # this call: the next token of each running sequence, then whole prompts of waiting ones while
+            # slots are free and the batch has room
+            feed = [(seq, [r.ids[-1]], True) for seq, r in active.items()]
+            n = len(feed)
+            while queue and slots.free and (not feed or n + len(queue[0].prompt) <= n_batch):
+                r, seq = queue.popleft(), slots.take()
+                feed.append((seq, r.prompt, True))
+                n += len(r.prompt)
+                active[seq] = r
+            for (seq, _, _), logits in zip(feed, slots.decode(feed)):
+                r = active[seq]
+                tok = int(logits.argmax())
+                r.ids.append(tok)
+                if gm.is_eog(tok) or (stop_at_answer and answer_complete(gm.decode(r.ids[-TAIL_TOKENS:]))):
+                    reason = "stop"
+                elif len(r.ids) >= r.budget:
+                    reason = "length"
+                else:
+                    continue
+                results[r.index] = Generation(gm.decode(r.ids), len(r.ids), reason, len(r.prompt))
+                n_tokens += len(r.ids)
+                del active[seq]
+                slots.release(seq)
+                b.advance()
+            b.set_postfix(f"{n_tokens / max(time.monotonic() - t0, 1e-9):.1f} tok/s")
     return results  # type: ignore[return-value]
 
 

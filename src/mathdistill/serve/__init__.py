@@ -1,8 +1,10 @@
 """Stage ``serve``: a trained student behind an OpenAI-compatible HTTP API (FastAPI + uvicorn).
 
 Split as vLLM's OpenAI server is: :mod:`.config` (``ServeConfig``), :mod:`.protocol` (request models, typed
-errors, responses from the ``openai`` package's types), :mod:`.engine` (the batching engine), :mod:`.app` (the
-routes), :mod:`.vllm` (``--engine vllm`` hands serving to vLLM's own server). :func:`serve` runs one of them.
+errors, responses from the ``openai`` package's types), :mod:`.batcher` (queue, thread, stopping rules every engine
+shares), :mod:`.engine` (the transformers batching engine), :mod:`.llamacpp_engine` (``--engine llamacpp``: a GGUF on
+llama.cpp, same API), :mod:`.app` (the routes), :mod:`.vllm` (``--engine vllm`` hands serving to vLLM's own server).
+:func:`serve` runs one of them.
 """
 
 from __future__ import annotations
@@ -10,14 +12,30 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..errors import UserError
 from ..models import DEFAULT_STUDENT, load, resolve
 from ..progress import info
-from .app import create_app
+from .app import app_for, create_app
 from .config import KEY_VAR, ServeConfig
 from .engine import Engine
 from .vllm import check_vllm, run_vllm, served_name, vllm_command
 
-__all__ = ["KEY_VAR", "Engine", "ServeConfig", "check_vllm", "create_app", "serve", "served_name", "vllm_command"]
+__all__ = ["KEY_VAR", "Engine", "ServeConfig", "app_for", "check_vllm", "create_app", "llamacpp_app", "serve", "served_name",
+           "vllm_command"]
+
+
+def llamacpp_app(cfg: ServeConfig, spec: Any, name: str, api_key: str | None = None):
+    """The app serving ``spec``'s GGUF (:func:`mathdistill.llamacpp.gguf_file_of`) on llama.cpp. Raises
+    :class:`UserError` for ``calculator`` (transformers only) and without llama-cpp-python (how to install)."""
+    from .. import llamacpp
+
+    if cfg.calculator:
+        raise UserError("serve --calculator works with --engine transformers only (llama.cpp's batch is not steered "
+                        "token by token here); drop --calculator or use --engine transformers")
+    llamacpp.require()
+    from .llamacpp_engine import LlamaCppEngine
+
+    return app_for(LlamaCppEngine(llamacpp.GGUFModel(llamacpp.gguf_file_of(spec)), cfg), name=name, api_key=api_key)
 
 
 def serve(cfg: ServeConfig, model: str = DEFAULT_STUDENT, adapter: str | None = None, api_key: str | None = None) -> None:
@@ -32,18 +50,25 @@ def serve(cfg: ServeConfig, model: str = DEFAULT_STUDENT, adapter: str | None = 
              f"use the model (set {KEY_VAR} or --api-key)")
     if cfg.engine == "vllm":
         run_vllm(cfg, spec, key)
-
-    import torch
     import uvicorn
 
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    m, tok = load(spec, dtype=cfg.dtype, merge=True)  # merged LoRA: no adapter overhead per token
-    app = create_app(m, tok, cfg, name=name, api_key=key)
-    engine: Engine = app.state.engine
-    kv = _kv_bytes_per_token(m) * cfg.max_batch_size * min(engine.context_len, cfg.max_prompt_tokens + cfg.max_tokens_cap)
-    info(f"serving {name} on http://{cfg.host}:{cfg.port}/v1  (auth {'on' if key else 'off'}; batch <= {cfg.max_batch_size} rows, "
-         f"queue <= {cfg.max_queue}; context {engine.context_len} tokens; KV cache at most {kv / 2**30:.2f} GiB)")
+    if cfg.engine == "llamacpp":
+        app = llamacpp_app(cfg, spec, name, key)
+        engine = app.state.engine
+        how = (f"llama.cpp on {engine.gm.path.name} (threads {engine.threads}); {cfg.max_batch_size} sequence slots",
+               f"KV cache {engine.kv_bytes() / 2**30:.2f} GiB, allocated")
+    else:
+        import torch
+
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        m, tok = load(spec, dtype=cfg.dtype, merge=True)  # merged LoRA: no adapter overhead per token
+        app = create_app(m, tok, cfg, name=name, api_key=key)
+        engine = app.state.engine
+        kv = _kv_bytes_per_token(m) * cfg.max_batch_size * min(engine.context_len, cfg.max_prompt_tokens + cfg.max_tokens_cap)
+        how = (f"transformers; batch <= {cfg.max_batch_size} rows", f"KV cache at most {kv / 2**30:.2f} GiB")
+    info(f"serving {name} on http://{cfg.host}:{cfg.port}/v1  (auth {'on' if key else 'off'}; {how[0]}, "
+         f"queue <= {cfg.max_queue}; context {engine.context_len} tokens; {how[1]})")
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="info", timeout_graceful_shutdown=5)
 
 

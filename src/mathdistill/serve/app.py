@@ -1,4 +1,5 @@
-"""The HTTP layer: FastAPI routes over the :class:`~mathdistill.serve.engine.Engine`.
+"""The HTTP layer: FastAPI routes over an engine (:class:`~mathdistill.serve.engine.Engine` on transformers, or
+:class:`~mathdistill.serve.llamacpp_engine.LlamaCppEngine` on a GGUF; both :class:`~mathdistill.serve.batcher.Batcher` s).
 
 Routes: ``GET /v1/models``, ``POST /v1/chat/completions`` and ``POST /v1/completions`` (JSON, or server-sent
 events with ``stream: true``), ``GET /health``. A request is read (``max_body_bytes``), validated
@@ -22,8 +23,9 @@ from typing import Any, AsyncIterator
 
 from fastapi import Request  # module level: FastAPI resolves the handlers' annotations here
 
+from .batcher import Batcher, Job, QueueFull
 from .config import ServeConfig
-from .engine import Engine, Job, QueueFull
+from .engine import Engine
 from .protocol import (APIError, ChatBody, ChatShape, CompletionBody, Sampling, SamplingBody, TextShape, dump,
                        parse_body, usage)
 
@@ -34,7 +36,7 @@ class ClientGone(Exception):
     """The HTTP client disconnected before its answer was ready."""
 
 
-def sampling_of(engine: Engine, req: SamplingBody, prompt_len: int, max_tokens: int | None, choices: int,
+def sampling_of(engine: Batcher, req: SamplingBody, prompt_len: int, max_tokens: int | None, choices: int,
                 prompt_field: str = "messages") -> Sampling:
     """The engine settings of one prompt of ``req``; :class:`APIError` 400 when it breaks a limit."""
     cfg = engine.cfg
@@ -169,7 +171,15 @@ async def respond(jobs: list[Job], request: Any, shape: ChatShape, stream: bool,
 
 
 def create_app(model: Any, tok: Any, cfg: ServeConfig, name: str = "student", api_key: str | None = None):
-    """The FastAPI app serving ``model``; ``app.state.engine`` is its :class:`Engine` (started with the app)."""
+    """The FastAPI app serving a transformers ``model``; ``app.state.engine`` is its :class:`Engine` (started
+    with the app)."""
+    return app_for(Engine(model, tok, cfg), name=name, api_key=api_key)
+
+
+def app_for(engine: Batcher, name: str = "student", api_key: str | None = None):
+    """The FastAPI app in front of ``engine`` (any :class:`~mathdistill.serve.batcher.Batcher`: transformers'
+    :class:`Engine` or :class:`~mathdistill.serve.llamacpp_engine.LlamaCppEngine`), started and stopped with the app;
+    ``app.state.engine`` is ``engine``."""
     from fastapi import Depends, FastAPI
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
@@ -178,7 +188,7 @@ def create_app(model: Any, tok: Any, cfg: ServeConfig, name: str = "student", ap
 
     from .. import __version__
 
-    engine = Engine(model, tok, cfg)
+    cfg = engine.cfg
     created = int(time.time())
     fingerprint = f"mathdistill-{__version__}"
     key = api_key.encode() if api_key else None

@@ -1,4 +1,5 @@
-"""The batching engine behind ``serve --engine transformers``: one background thread, one running batch.
+"""The batching engine behind ``serve --engine transformers``: one background thread, one running batch
+(the queue, thread and stopping rules are :class:`~mathdistill.serve.batcher.Batcher`'s, shared with llama.cpp's).
 
 - A request is tokenized and validated on the event loop, then queued as a :class:`Job` (``n`` rows).
 - The engine keeps a running batch of rows with one shared, left-padded KV cache (transformers
@@ -17,63 +18,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
-import logging
 import secrets
 import threading
-import time
-from collections import deque
-from typing import Any
+from contextlib import contextmanager
+from typing import Any, Iterator
 
 from ..backends import context_limit, eos_ids_of
 from ..calculator import CalcState, Calculator
+from .batcher import Batcher, Job, Row
 from .config import ServeConfig
-from .protocol import Sampling
-
-log = logging.getLogger(__name__)
-
-
-class QueueFull(Exception):
-    """No room in the queue (``max_queue``), or the engine is stopping."""
-
-
-class Job:
-    """A request in the engine: its prompt, settings and a queue of events for the HTTP handler.
-
-    Events: ``("delta", index, text)``, ``("done", index, finish_reason, completion_tokens)``, ``("error", message)``.
-    """
-
-    def __init__(self, prompt_ids: list[int], sampling: Sampling, stream: bool = False,
-                 loop: asyncio.AbstractEventLoop | None = None):
-        self.prompt_ids, self.sampling, self.stream = prompt_ids, sampling, stream
-        self.loop = loop or asyncio.get_running_loop()
-        self.events: asyncio.Queue = asyncio.Queue()
-        self.cancelled = False
-        self.counted_cancel = False
-
-    def cancel(self) -> None:
-        self.cancelled = True  # read by the engine thread at its next step
-
-    def emit(self, *event: Any) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:  # the event loop is closed: nobody is listening
-            pass
-
-
-class _Row:
-    __slots__ = ("job", "index", "gen", "ids", "text", "sent", "done", "watch", "calc")
-
-    def __init__(self, job: Job, index: int, gen: Any, calc: CalcState | None = None):
-        self.job, self.index, self.gen, self.calc = job, index, gen, calc
-        self.ids: list[int] = []
-        self.text, self.sent, self.done = "", 0, None
-        self.watch = job.stream or bool(job.sampling.stop)  # decode every step (stream deltas, stop strings)
-
-    def last(self, n: int) -> list[int]:
-        """The last ``n`` token ids of prompt + completion."""
-        return self.ids[-n:] if len(self.ids) >= n else (self.job.prompt_ids + self.ids)[-n:]
 
 
 def _merge_caches(a: Any, b: Any, pad_a: int, pad_b: int) -> None:
@@ -94,13 +48,14 @@ def _drop_leading(cache: Any, first: int) -> None:
             layer.keys, layer.values = layer.keys[:, :, first:], layer.values[:, :, first:]
 
 
-class Engine:
+class Engine(Batcher):
     """Dynamic batcher over one causal LM with a shared KV cache; see the module docstring."""
 
     def __init__(self, model: Any, tok: Any, cfg: ServeConfig):
         import torch
 
-        self.model, self.tok, self.cfg = model, tok, cfg
+        super().__init__(cfg)
+        self.model, self.tok = model, tok
         self.device = next(model.parameters()).device
         self.tok_lock = threading.Lock()  # a fast tokenizer must not be used from two threads at once
         self.eos_ids = eos_ids_of(model, tok)
@@ -109,18 +64,11 @@ class Engine:
         params = inspect.signature(model.forward).parameters
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_kw = "logits_to_keep" in params
-        self._cv = threading.Condition()
-        self._waiting: deque[Job] = deque()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
         # the running batch
-        self._rows: list[_Row] = []
         self._cache = None
         self._mask = self._pos = self._next = None
         self._torch = torch
         self.calc = Calculator(tok, lock=self.tok_lock) if cfg.calculator else None
-        self.stats = {"requests": 0, "finished": 0, "cancelled": 0, "rejected": 0, "failed": 0, "prefills": 0,
-                      "steps": 0, "tokens": 0, "max_rows": 0, "max_queued": 0}
 
     # ---- public, called from the event loop
     def encode(self, text: str, special: bool) -> list[int]:
@@ -131,103 +79,18 @@ class Engine:
         with self.tok_lock:
             return self.tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def submit(self, job: Job) -> None:
-        with self._cv:
-            if self._stopping:
-                raise QueueFull("the server is shutting down")
-            if len(self._waiting) >= self.cfg.max_queue:
-                self.stats["rejected"] += 1
-                raise QueueFull(f"{len(self._waiting)} requests are already waiting (--max-queue {self.cfg.max_queue})")
-            self._waiting.append(job)
-            self.stats["requests"] += 1
-            self.stats["max_queued"] = max(self.stats["max_queued"], len(self._waiting))
-            self._cv.notify()
-
-    def load(self) -> dict[str, int]:
-        with self._cv:
-            return {"queued": len(self._waiting), "running": len(self._rows)}
-
-    def start(self) -> None:
-        if self._thread is None:
-            self._stopping = False
-            self._thread = threading.Thread(target=self._loop, name="mathdistill-batcher", daemon=True)
-            self._thread.start()
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopping = True
-            self._cv.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
-            self._thread = None
-
     # ---- the engine thread
-    def _loop(self) -> None:
+    @contextmanager
+    def _session(self) -> Iterator[None]:
         torch = self._torch
         threads = torch.get_num_threads()
         if self.cfg.threads:
             torch.set_num_threads(self.cfg.threads)  # process-wide in torch: restored when the engine stops
         try:
-            self._serve_forever()
+            with torch.inference_mode():
+                yield
         finally:
             torch.set_num_threads(threads)
-
-    def _serve_forever(self) -> None:
-        torch = self._torch
-        with torch.inference_mode():
-            while True:
-                with self._cv:
-                    while not self._waiting and not self._rows and not self._stopping:
-                        self._cv.wait()
-                    if self._stopping:
-                        break
-                    if not self._rows and self.cfg.batch_wait_ms > 0:
-                        deadline = time.monotonic() + self.cfg.batch_wait_ms / 1000
-                        while (sum(j.sampling.n for j in self._waiting) < self.cfg.max_batch_size
-                               and not self._stopping and (left := deadline - time.monotonic()) > 0):
-                            self._cv.wait(left)
-                    new = self._take()
-                try:
-                    self._drop_cancelled()
-                    if new:
-                        self._prefill(new)
-                    if self._rows:
-                        self._step()
-                except Exception as e:  # noqa: BLE001 - one bad batch must not stop the service
-                    log.exception("generation failed")
-                    failed = {id(r.job): r.job for r in self._rows}
-                    failed.update({id(j): j for j in new})
-                    for job in failed.values():
-                        job.emit("error", f"generation failed: {type(e).__name__}: {str(e)[:200]}")
-                    self.stats["failed"] += len(failed)
-                    self._reset()
-        with self._cv:
-            pending = list(self._waiting) + [r.job for r in self._rows]
-            self._waiting.clear()
-        for job in {id(j): j for j in pending}.values():
-            job.emit("error", "the server is shutting down")
-        self._reset()
-
-    def _take(self) -> list[Job]:
-        """Jobs that fit in the running batch, first come first served (cancelled ones are dropped here)."""
-        room = self.cfg.max_batch_size - len(self._rows)
-        out: list[Job] = []
-        while self._waiting:
-            job = self._waiting[0]
-            if job.cancelled:
-                self._waiting.popleft()
-                self._count_cancel(job)
-                continue
-            if job.sampling.n > room and (out or self._rows):
-                break
-            out.append(self._waiting.popleft())
-            room -= job.sampling.n
-        return out
-
-    def _count_cancel(self, job: Job) -> None:
-        if not job.counted_cancel:
-            job.counted_cancel = True
-            self.stats["cancelled"] += 1
 
     def _reset(self) -> None:
         self._rows, self._cache, self._mask, self._pos, self._next = [], None, None, None, None
@@ -262,7 +125,7 @@ class Engine:
         logits = self._forward(ids, mask, pos, cache, last_only=True)
         self.stats["prefills"] += 1
         rep = [r for r, j in enumerate(jobs) for _ in range(j.sampling.n)]
-        rows = [_Row(j, i, self._generator(j, i), CalcState() if self.calc else None)
+        rows = [Row(j, i, self._generator(j, i), CalcState() if self.calc else None)
                 for j in jobs for i in range(j.sampling.n)]
         if len(rep) != len(jobs):
             sel = torch.tensor(rep, device=self.device)
@@ -274,7 +137,7 @@ class Engine:
         self._accept(rows, tokens.tolist())
         self._prune()
 
-    def _merge(self, rows: list[_Row], cache, mask, pos, tokens) -> None:
+    def _merge(self, rows: list[Row], cache, mask, pos, tokens) -> None:
         torch = self._torch
         if not self._rows:
             self._rows, self._cache, self._mask, self._pos, self._next = rows, cache, mask, pos, tokens
@@ -301,7 +164,7 @@ class Engine:
         self._accept(self._rows, self._next.tolist())
         self._prune()
 
-    def _sample(self, logits, rows: list[_Row]):
+    def _sample(self, logits, rows: list[Row]):
         """Per-row sampling: argmax where temperature is 0, else temperature + top_p with the row's generator."""
         torch = self._torch
         if self.calc is not None:
@@ -330,46 +193,8 @@ class Engine:
         with self.tok_lock:
             return self.tok.decode(ids, skip_special_tokens=True)
 
-    def _accept(self, rows: list[_Row], tokens: list[int]) -> None:
-        """Append each row's new token; finish rows at EOS, max_tokens or a stop string; emit text."""
-        for r, t in zip(rows, tokens):
-            if r.done:
-                continue
-            s = r.job.sampling
-            r.ids.append(t)
-            self.stats["tokens"] += 1
-            finish = None
-            if t in self.eos_ids and not s.ignore_eos:
-                finish = "stop"
-            elif len(r.ids) >= s.max_tokens:
-                finish = "length"
-            if r.watch or finish:
-                r.text = self._decode(r.ids)
-            if r.watch and s.stop:
-                hits = [i for i in (r.text.find(x) for x in s.stop) if i >= 0]
-                if hits:
-                    r.text, finish = r.text[: max(min(hits), r.sent)], "stop"
-            if finish:
-                if len(r.text) > r.sent:
-                    r.job.emit("delta", r.index, r.text[r.sent:])
-                r.sent = len(r.text)
-                r.done = finish
-                r.job.emit("done", r.index, finish, len(r.ids))
-                self.stats["finished"] += 1
-            elif r.job.stream:
-                end = len(r.text) - (max(map(len, s.stop)) - 1 if s.stop else 0)
-                while end > r.sent and r.text[end - 1] == "\ufffd":  # an unfinished multi-byte character
-                    end -= 1
-                if end > r.sent:
-                    r.job.emit("delta", r.index, r.text[r.sent:end])
-                    r.sent = end
-
-    def _drop_cancelled(self) -> None:
-        for r in self._rows:
-            if r.job.cancelled and not r.done:
-                r.done = "cancelled"
-                self._count_cancel(r.job)
-        self._prune()
+    def _is_eos(self, token: int) -> bool:
+        return token in self.eos_ids
 
     def _prune(self) -> None:
         """Drop finished rows from the batch, and the leading cache columns no remaining row uses."""
