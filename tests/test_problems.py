@@ -217,6 +217,25 @@ def test_bad_slice_or_sample_is_one_line(spec, msg):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("spec", ["gsm9k", "math500@abc", "math500@5/x", "gsm8k[::2]", "gsm8k[a:b]", "math-500[:5]"])
+def test_a_misspelt_benchmark_name_says_what_names_and_forms_exist(spec, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"not a shipped benchmark: names gsm8k, math500; forms NAME, NAME\[a:b\]") as e:
+        read_problems(spec)
+    assert "\n" not in str(e.value)
+
+
+def test_a_missing_file_path_gets_no_benchmark_hint(tmp_path):
+    with pytest.raises(UserError) as e:
+        read_problems(tmp_path / "eval.jsonl")
+    assert "not found" in str(e.value) and "benchmark" not in str(e.value)
+
+
+def test_benchmark_names_are_case_insensitive(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert [p.id for p in read_problems("GSM8K[:3]")] == [p.id for p in read_problems("gsm8k[:3]")]
+
+
 @pytest.mark.parametrize("damage", ["edit", "remove"])
 def test_edited_or_missing_shipped_file_is_one_line_error(tmp_path, monkeypatch, damage):
     data = tmp_path / "benchmarks_data"

@@ -38,7 +38,7 @@ class GenerationConfig(StageConfig):
     backend: Literal["transformers", "openai", "vllm", "llamacpp"] = Field("transformers", description="generation backend "
                                                                            "(llamacpp: llama.cpp on a GGUF file)")
     max_new_tokens: int = Field(256, ge=1, description="completion token limit; a chain that hits it is a miss")
-    batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it)")
+    batch_size: int = Field(32, ge=1, description="prompts per generation batch (transformers backend; finished ones leave it); sequences decoded together (llamacpp)")
     stop_at_answer: bool = Field(True, description="stop a sequence once its final answer is complete")
     calculator: bool = Field(False, description="calculator-aware decoding: after 'expression =' the exact result is "
                              "written for the model (transformers backend)")

@@ -70,7 +70,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
               "openai/prm800k prm800k/math_splits/test.jsonl (the MATH-500 subset)", _math500),
 )}
 
-_SPEC = re.compile(r"^(?P<name>[a-z0-9_]+)(?:\[(?P<a>-?\d*):(?P<b>-?\d*)\]|@(?P<k>\d+)(?:/(?P<seed>\d+))?)?$")
+_SPEC = re.compile(r"^(?P<name>[A-Za-z0-9_]+)(?:\[(?P<a>-?\d*):(?P<b>-?\d*)\]|@(?P<k>\d+)(?:/(?P<seed>\d+))?)?$")
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,9 @@ def parse(spec: str | Path) -> BenchmarkSpec | None:
     """
     s = str(spec).strip()
     m = _SPEC.match(s)
-    if not m or m["name"] not in BENCHMARKS or Path(s).exists():
+    if not m or m["name"].lower() not in BENCHMARKS or Path(s).exists():
         return None
-    b = BENCHMARKS[m["name"]]
+    b = BENCHMARKS[m["name"].lower()]
     if m["k"] is not None:
         k = int(m["k"])
         if not 1 <= k <= b.count:
@@ -105,6 +105,16 @@ def parse(spec: str | Path) -> BenchmarkSpec | None:
     if m["a"] is not None and not range(b.count)[slice(a, z)]:
         raise UserError(f"{s}: the slice selects no problem of {b.name} ({b.count} problems)")
     return BenchmarkSpec(b, a, z)
+
+
+def not_found_hint(spec: str | Path) -> str:
+    """For a problems argument that is neither a file nor a benchmark name: what names and forms are accepted
+    ("" when it looks like a file path, e.g. ``data/eval.jsonl``)."""
+    s = str(spec).strip()
+    if "/" in s.split("@")[0] or "\\" in s or Path(s).suffix.lower() in (".jsonl", ".json", ".csv", ".parquet", ".txt", ".tsv"):
+        return ""
+    return (f" (no such file, and not a shipped benchmark: names {', '.join(BENCHMARKS)}; forms NAME, NAME[a:b], "
+            "NAME@N, NAME@N/SEED; see `mathdistill problems --list`)")
 
 
 def is_benchmark(spec: str | Path | None) -> bool:

@@ -91,7 +91,7 @@ def build(model: type[T], data: dict[str, Any], source: str = "config") -> T:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         if err["type"] == "extra_forbidden":
-            raise UserError(f"{source}: unknown key {loc!r} (check the spelling; `mathdistill config --show` lists every key)") from None
+            raise UserError(f"{source}: unknown key {loc!r} (check the spelling; `mathdistill config` prints every key, docs/config.md describes them)") from None
         raise UserError(f"{source}: {loc}: {err['msg']} (got {err.get('input')!r})") from None
 
 

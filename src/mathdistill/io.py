@@ -63,7 +63,9 @@ class Tally:
 def check_readable(path: str | Path, what: str = "input file") -> Path:
     p = Path(path)
     if not p.exists():
-        raise UserError(f"{what} not found: {p}")
+        from .benchmarks import not_found_hint
+
+        raise UserError(f"{what} not found: {p}{not_found_hint(p)}")
     if p.is_dir():
         raise UserError(f"{what} is a folder, expected a file: {p}")
     if not os.access(p, os.R_OK):
