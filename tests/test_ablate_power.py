@@ -13,7 +13,7 @@ import pytest
 
 from mathdistill import cli, power
 from mathdistill.ablate_plan import estimate, pilot_from_eval
-from mathdistill.leaderboard import CellResult, compute, to_markdown
+from mathdistill.leaderboard import CellResult, compute, csv_rows, to_markdown
 from mathdistill.scores import ScoreConfig, es_score, score_differences, score_stat
 from mathdistill.stats import bootstrap_indices, hierarchical_draws, resample
 
@@ -130,6 +130,9 @@ def test_leaderboard_shows_mde_and_not_resolvable_instead_of_no_effect():
     assert d["lo"] <= 0 <= d["hi"] and rows["near"]["resolution"] == "not resolvable at this size"
     assert rows["near"]["mde"] == pytest.approx(power.mde_from_interval(d["lo"], d["hi"]), abs=1e-3)
     assert rows["far"]["resolution"] == "resolved"
+    assert rows["base"]["resolution"] == "baseline" and "mde" not in rows["base"]  # not "not resolvable", no MDE 0.0
+    cols, csv_out = csv_rows(board)
+    assert {r["cell"]: (r["resolution"], r["d_overall_mde"]) for r in csv_out}["base"] == ("baseline", "")
     md = to_markdown(board, "t")
     assert "MDE" in md and "not resolvable at this size" in md and "no effect" not in md.replace("not evidence of no effect", "")
     assert all("mde" in e and "resolution" in e for e in board["effects"])

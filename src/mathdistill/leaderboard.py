@@ -161,7 +161,7 @@ def compute(cells: list[CellResult], baseline: str | None, varied: list[str], sa
             "scores": {k: ivs[k].as_dict() for k in SCORE_FIELDS},
             "diff": {k: diff[k].as_dict() for k in SCORE_FIELDS} if diff else None,
             "diff_significant": bool(diff and diff["overall"].excludes_zero()),
-            **(_power(diff["overall"], boot.confidence) if diff else {}),
+            **({"resolution": "baseline"} if c.name == base.name else _power(diff["overall"], boot.confidence) if diff else {}),
             "seeds": c.seeds if c.name in seeded else None, "seed_failures": c.seed_failures or None,
             "mean_tokens": _mean_tokens(c), "model_bytes": c.model_bytes, "n": len(c.predictions or []),
             "cqs_kind": c.cqs_kind, "same_problems": same,
