@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mathdistill import cli, power
-from mathdistill.ablate_plan import estimate, pilot_from_eval
+from mathdistill.ablate_plan import estimate, format_plan, pilot_from_eval
 from mathdistill.leaderboard import CellResult, compute, csv_rows, to_markdown
 from mathdistill.scores import ScoreConfig, es_score, score_differences, score_stat
 from mathdistill.stats import bootstrap_indices, hierarchical_draws, resample
@@ -176,6 +176,22 @@ def test_estimate_and_time_from_a_pilot():
     assert est["n_needed"] == power.n_for(pil["sd_d"], 2.0)
     t = est["time_at_n_needed"]  # 15 evals (14 cells + base) x n x 2 s/problem + 14 trainings x 300 s
     assert t["total_s"] == pytest.approx(15 * est["n_needed"] * 2.0 + 14 * 300.0)
+
+
+@pytest.mark.parametrize("n,spread", [(4, True), (40, False)])
+def test_a_pilot_that_cannot_size_an_eval_is_flagged_not_trusted(n, spread):
+    """A tiny pilot is a rough guess; a pilot with no spread (every output the same, e.g. all cut at the token
+    limit) must not say that 2 problems resolve any effect."""
+    correct = np.arange(n) % 2 == 0 if spread else np.zeros(n, bool)
+    pil = pilot_from_eval(_rows(correct), {"model_bytes": 10**8, "meta": {"gen_wall_s": 8.0, "gen_tokens_per_s": 10}},
+                          ScoreConfig(), 0.5, "pilot")
+    est = estimate(pil, 48, 4, 1, 2.0)
+    text = "\n".join(format_plan(est, pil))
+    if spread:
+        assert est["n_needed"] >= 2 and "only 4 problems" in text
+    else:
+        assert est["n_needed"] is None and "no spread" in text and "n = ceil" not in text
+        assert "time_at_n_needed" not in est
 
 
 def _cli(args):

@@ -170,9 +170,17 @@ def estimate(pilot: dict[str, Any], n_eval: int, n_cells: int, seeds: int, detec
     sd_d = pilot["sd_d"]
     out: dict[str, Any] = {"n_eval": n_eval, "cells": n_cells, "seeds": seeds, "alpha": alpha, "power": pw,
                            "sd_d": round(sd_d, 3), "mde": round(power.mde(sd_d, n_eval, alpha, pw), 3)}
+    out["warnings"] = []
+    if not sd_d > 0:  # no spread: MDE 0 and "n = 2" would be nonsense, not a plan
+        out["warnings"].append("the pilot shows no spread (sigma_d = 0: identical outputs, or every output cut at the "
+                               "token limit), so it cannot size an eval; give a pilot with varied outputs (more "
+                               "--pilot-n, a larger eval.max_new_tokens) or --pilot a previous grid")
+    if pilot.get("n", 0) < 10:
+        out["warnings"].append(f"the pilot has only {pilot.get('n', 0)} problems: sigma_d is a rough guess "
+                               "(use --pilot-n 20 or more)")
     if detect:
         out["detect"] = detect
-        out["n_needed"] = power.n_for(sd_d, detect, alpha, pw)
+        out["n_needed"] = power.n_for(sd_d, detect, alpha, pw) if sd_d > 0 else None
     runs = n_cells * seeds
     evals = runs + 1  # every cell's student (each seed), and the base model once
     for key, n in (("time_at_n_eval", n_eval), ("time_at_n_needed", out.get("n_needed"))):
@@ -195,7 +203,9 @@ def format_plan(est: dict[str, Any], pilot: dict[str, Any]) -> list[str]:
              f"  sigma_d = {est['sd_d']:.2f} points ({pilot['sd_d_basis']})",
              f"  MDE = (z_{{1-a/2}} + z_{{power}}) * sigma_d / sqrt(n) = {zs:.2f} * {est['sd_d']:.2f} / sqrt({est['n_eval']})"
              f" = {est['mde']:.2f} Overall points (paired, {pw}% power, {lvl}% two-sided)"]
-    if "n_needed" in est:
+    if "n_needed" in est and est["n_needed"] is None:
+        lines.append(f"  to detect {est['detect']:g} points: unknown (the pilot shows no spread)")
+    elif "n_needed" in est:
         lines.append(f"  to detect {est['detect']:g} points: n = ceil(({zs:.2f} * {est['sd_d']:.2f} / {est['detect']:g})^2)"
                      f" = {est['n_needed']} eval problems")
     for key, what in (("time_at_n_eval", "at the configured size"), ("time_at_n_needed", "at the needed size")):
@@ -209,6 +219,7 @@ def format_plan(est: dict[str, Any], pilot: dict[str, Any]) -> list[str]:
               f"(from {pilot['train_basis']})") if t["train_s"] is not None else \
             "train time unknown: no training recorded (run the grid small once, or --pilot a previous grid folder)"
         lines.append(f"  wall time {what} ({t['n']} problems): {_fmt_s(t['total_s'])}; {ev}; {tr}")
+    lines += [f"  WARNING: {w}" for w in est.get("warnings", [])]
     return lines
 
 
