@@ -315,6 +315,7 @@ def generate_parallel(gm: GGUFModel, prompts: list[list[int]], max_new_tokens: i
                 r = active[seq]
                 tok = int(logits.argmax())
                 r.ids.append(tok)
+                n_tokens += 1  # the progress rate counts tokens as they come, not when a sequence ends
                 if gm.is_eog(tok) or (stop_at_answer and answer_complete(gm.decode(r.ids[-TAIL_TOKENS:]))):
                     reason = "stop"
                 elif len(r.ids) >= r.budget:
@@ -322,7 +323,6 @@ def generate_parallel(gm: GGUFModel, prompts: list[list[int]], max_new_tokens: i
                 else:
                     continue
                 results[r.index] = Generation(gm.decode(r.ids), len(r.ids), reason, len(r.prompt))
-                n_tokens += len(r.ids)
                 del active[seq]
                 slots.release(seq)
                 b.advance()
