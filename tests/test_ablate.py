@@ -173,6 +173,21 @@ def test_ray_missing_is_one_line_before_any_work(tiny_model, tmp_path, monkeypat
     assert not (tmp_path / "g").exists()
 
 
+def test_ray_with_no_cluster_is_one_line_before_any_work(tiny_model, tmp_path, monkeypatch):
+    import types
+
+    from mathdistill.errors import UserError
+
+    def init(**kw):
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to.")
+
+    monkeypatch.setitem(sys.modules, "ray", types.SimpleNamespace(is_initialized=lambda: False, init=init))
+    with pytest.raises(UserError, match=r"--ray auto: no Ray cluster to run the cells on .*--ray local") as e:
+        ablate(grid(tiny_model, grid={"train.seed": [1, 2]}, ray="auto"), tmp_path / "g")
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "g").exists()  # nothing written: no cache, no grid.yaml
+
+
 def test_a_cell_that_trains_on_the_shared_eval_set_fails(tiny_model, tmp_path):
     from mathdistill.errors import UserError
     from mathdistill.problems import problems

@@ -396,6 +396,11 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
     """
     plan = expand(spec, source)
     ray = _import_ray() if spec.ray else None
+    connected = False
+    if ray is not None and spec.ray != "local":
+        from .ablate_exec import ray_connect
+
+        connected = ray_connect(ray, spec.ray)  # no cluster there: one line before any folder is written
     out = Path(out_dir or Path("runs") / spec.name).resolve()  # absolute: workers and Ray tasks get these paths
     out.mkdir(parents=True, exist_ok=True)
     store = StageStore(Path(cache_dir).resolve() if cache_dir else out / "cache", retry_failed=spec.retry_failed)
@@ -465,6 +470,8 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
             prog.finish(rec)
             records[c.name] = rec
 
+    if connected:
+        ray.shutdown()
     ordered = [records[c.name] | {"cell": c.group, "seed": c.seed} for c in runs]
     board = leaderboard(plan, ordered, out)
     summary = {"name": spec.name, "cells": ordered, "baseline": plan.baseline, "varied": plan.varied,
