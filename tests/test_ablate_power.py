@@ -268,7 +268,7 @@ def test_seed_runs_set_train_seed_per_cell():
     assert len({r.folder for r in runs}) == len(runs)
 
 
-def test_a_grid_with_seeds_runs_every_seed_and_scores_cells_over_them(tiny_model, tmp_path):
+def test_a_grid_with_seeds_runs_every_seed_and_scores_cells_over_them(tiny_model, tmp_path, capfd):
     """Two cells x two seeds: four trainings (train.seed differs), one leaderboard row per cell over both seeds."""
     from mathdistill.ablate import GridSpec, ablate
 
@@ -278,6 +278,8 @@ def test_a_grid_with_seeds_runs_every_seed_and_scores_cells_over_them(tiny_model
                                     "grid": {"curate.keep_think": [False, True]}, "seeds": [0, 1]})
     s = ablate(spec, tmp_path / "g")
     assert s["counts"]["ok"] == 4 and count(tmp_path / "g" / "cache")["train"] == 4
+    err = capfd.readouterr().err  # the counts at the start and at the end speak of the same things
+    assert "(4 trainings: cells x seeds)" in err and "4 of 4 trainings (2 cells x seeds) scored" in err
     assert sorted((r["cell"], r["seed"]) for r in s["cells"]) == [("keep_think=false", 0), ("keep_think=false", 1),
                                                                   ("keep_think=true", 0), ("keep_think=true", 1)]
     board = json.loads((tmp_path / "g" / "leaderboard.json").read_text())

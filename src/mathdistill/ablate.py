@@ -482,7 +482,8 @@ def ablate(spec: GridSpec, out_dir: str | Path | None = None, cache_dir: str | P
                           "failed": sum(r["status"] != "ok" for r in ordered)}}
     write_json(out / "ablate.json", summary)
     top = board["rows"][0] if board["rows"] else None
-    _progress.info(f"ablate: {summary['counts']['ok']} of {len(ordered)} cells scored "
+    what = "cells" if len(ordered) == len(plan.cells) else f"trainings ({len(plan.cells)} cells x seeds)"
+    _progress.info(f"ablate: {summary['counts']['ok']} of {len(ordered)} {what} scored "
                    f"({summary['counts']['cached']} from cache) in {summary['wall_s']:.0f}s"
                    + (f"; best {top['name']} Overall {top['scores']['overall']['point']:.1f}" if top else "")
                    + f"; leaderboard in {out / 'leaderboard.md'}")
