@@ -129,6 +129,7 @@ def test_compare_cli_prints_the_paired_table(tmp_path, capsys):
 
 @pytest.mark.parametrize("flag,model,field", [
     ("--backend", EvalConfig, "backend"), ("--batch-size", EvalConfig, "batch_size"), ("--cqs", EvalConfig, "cqs"),
+    ("--threads", EvalConfig, "threads"),
     ("--tokens-field", PredictionFields, "tokens_field"), ("--id-field", PredictionFields, "id_field"),
 ])
 def test_eval_help_states_config_defaults(flag, model, field):
@@ -137,14 +138,19 @@ def test_eval_help_states_config_defaults(flag, model, field):
 
 
 def test_eval_transformers_default_cli(tmp_path, tiny_model):
+    import torch
+
+    before = torch.get_num_threads()
     pf = write_jsonl(tmp_path / "eval.jsonl", PROBS[:3])
     r = runner.invoke(cli.app, ["eval", "--problems", str(pf), "--out", str(tmp_path / "ev"), "--model", str(tiny_model),
-                                "--max-new-tokens", "5", "--limit", "2", "--seed", "4", "--batch-size", "2"])
+                                "--max-new-tokens", "5", "--limit", "2", "--seed", "4", "--batch-size", "2", "--threads", "1"])
     assert r.exit_code == 0, r.output
     s = json.loads((tmp_path / "ev" / "scores.json").read_text())
     assert s["n"] == 2 and s["meta"]["comparable"]["limit"] == 2 and s["meta"]["comparable"]["seed"] == 4
     assert s["meta"]["comparable"]["max_new_tokens"] == 5 and s["meta"]["split"]["file_sha256"]
     assert s["meta"]["backend"] == "transformers" and s["meta"]["batch_size"] == 2
+    assert torch.get_num_threads() == 1  # --threads reached the backend
+    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("finish,correct,tokens", [("stop", True, 7), ("length", False, 7)])

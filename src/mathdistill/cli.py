@@ -237,6 +237,7 @@ def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", h
              base_url: Optional[str] = typer.Option(None, "--base-url", help=h(EvalConfig, "base_url")),
              max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", help=h(EvalConfig, "max_new_tokens")),
              batch_size: Optional[int] = typer.Option(None, "--batch-size", help=h(EvalConfig, "batch_size")),
+             threads: Optional[int] = typer.Option(None, "--threads", min=1, help=h(EvalConfig, "threads")),
              limit: Optional[int] = typer.Option(None, "--limit", help=h(EvalConfig, "limit")),
              seed: Optional[int] = typer.Option(None, "--seed", help=h(EvalConfig, "seed")),
              model_bytes: Optional[int] = typer.Option(None, "--model-bytes", help=h(EvalConfig, "model_bytes")),
@@ -274,7 +275,7 @@ def eval_cmd(problems: Optional[Path] = typer.Option(None, "--problems", "-p", h
     fields = {k: v for k, v in {"id_field": id_field, "output_field": output_field, "tokens_field": tokens_field}.items() if v is not None}
     cfg = stage_config(EvalConfig, "eval", config, preset, sets,
                        {"backend": backend, "base_url": base_url, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
-                        "limit": limit, "seed": seed, "model_bytes": model_bytes, "cqs": cqs, "calculator": calculator,
+                        "threads": threads, "limit": limit, "seed": seed, "model_bytes": model_bytes, "cqs": cqs, "calculator": calculator,
                         "judge": judge or None, "predictions_fields": fields or None})
     evaluate(cfg, problems, prepare_out_dir(out, overwrite), model=model, adapter=adapter, label=label, predictions=predictions,
              tokenizer=tokenizer)
