@@ -6,16 +6,16 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 
 import numpy as np
 import pytest
 
-from mathdistill import cli, power
+from mathdistill import power
 from mathdistill.ablate_plan import estimate, format_plan, pilot_from_eval
 from mathdistill.leaderboard import CellResult, compute, csv_rows, to_markdown
 from mathdistill.scores import ScoreConfig, es_score, score_differences, score_stat
 from mathdistill.stats import bootstrap_indices, hierarchical_draws, resample
+from cli_util import run_cli as _cli
 
 
 def _model(rng, n, shift, difficulty, rho_latent=0.6):
@@ -192,19 +192,6 @@ def test_a_pilot_that_cannot_size_an_eval_is_flagged_not_trusted(n, spread):
     else:
         assert est["n_needed"] is None and "no spread" in text and "n = ceil" not in text
         assert "time_at_n_needed" not in est
-
-
-def _cli(args):
-    old = sys.argv
-    sys.argv = ["mathdistill", *map(str, args)]
-    try:
-        try:
-            cli.main()
-        except SystemExit as e:
-            return e.code or 0
-        return 0
-    finally:
-        sys.argv = old
 
 
 def test_plan_cli_prints_the_estimate_and_never_trains(tmp_path, capsys):

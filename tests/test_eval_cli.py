@@ -3,7 +3,6 @@
 import csv
 import json
 import re
-import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -11,24 +10,11 @@ from typer.testing import CliRunner
 from conftest import write_jsonl
 from mathdistill import cli
 from mathdistill.evaluate import EvalConfig, PredictionFields, evaluate
+from cli_util import run_cli as main
 
 runner = CliRunner()
 
 PROBS = [{"id": f"q{i}", "question": f"What is {i} + 2?", "answer": str(i + 2), "source": "sum"} for i in range(6)]
-
-
-def main(args):
-    """Run like the console script (UserError -> one line on stderr, exit code 2)."""
-    old = sys.argv
-    sys.argv = ["mathdistill", *map(str, args)]
-    try:
-        try:
-            cli.main()
-        except SystemExit as e:
-            return e.code or 0
-        return 0
-    finally:
-        sys.argv = old
 
 
 def test_predictions_csv_with_field_mapping(tmp_path, capsys):

@@ -1,17 +1,17 @@
 import json
 import re
 import shutil
-import sys
 
 import pytest
 
-from mathdistill import benchmarks, cli
+from mathdistill import benchmarks
 from mathdistill.answers import is_correct
 from mathdistill.arith import find_steps
 from mathdistill.errors import UserError
 from mathdistill.problems import FamilySpec, ProblemsConfig, problems
 from mathdistill.records import read_problems
 from mathdistill.solver import SolveError, solve_expression, solve_linear
+from cli_util import run_cli as _cli
 
 
 def _cfg(**kw):
@@ -128,19 +128,6 @@ def test_solver_refuses_what_it_cannot_solve_safely(bad):
 # A grader gap is a reference the project's grader cannot match against its own worked solution. None is known
 # today; list them here with the reason when the grader changes, never drop them from the set.
 KNOWN_GRADER_GAPS: dict[str, str] = {}
-
-
-def _cli(args):
-    old = sys.argv
-    sys.argv = ["mathdistill", *map(str, args)]
-    try:
-        try:
-            cli.main()
-        except SystemExit as e:
-            return e.code or 0
-        return 0
-    finally:
-        sys.argv = old
 
 
 @pytest.mark.parametrize("name,count", [("gsm8k", 1319), ("math500", 500)])
