@@ -44,3 +44,13 @@ class ServerThread:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
+
+
+def wait_until(cond, timeout: float = 10.0) -> bool:
+    """Poll ``cond()`` every 20 ms until it is true (True) or ``timeout`` seconds pass (False)."""
+    t0 = time.monotonic()
+    while not cond():
+        if time.monotonic() - t0 > timeout:
+            return False
+        time.sleep(0.02)
+    return True

